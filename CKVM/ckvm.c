@@ -1,0 +1,50 @@
+/* See include/ckvm.h. Constants and thin wrappers only. */
+#include "ckvm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+const unsigned long ckvm_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
+const unsigned long ckvm_KVM_CREATE_VM = KVM_CREATE_VM;
+const unsigned long ckvm_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+const unsigned long ckvm_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+const unsigned long ckvm_KVM_CREATE_VCPU = KVM_CREATE_VCPU;
+const unsigned long ckvm_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+const unsigned long ckvm_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+const unsigned long ckvm_KVM_RUN = KVM_RUN;
+const unsigned long ckvm_KVM_GET_REGS = KVM_GET_REGS;
+const unsigned long ckvm_KVM_SET_REGS = KVM_SET_REGS;
+const unsigned long ckvm_KVM_GET_SREGS = KVM_GET_SREGS;
+const unsigned long ckvm_KVM_SET_SREGS = KVM_SET_SREGS;
+const unsigned long ckvm_KVM_NMI = KVM_NMI;
+
+const int ckvm_KVM_CAP_SYNC_REGS = KVM_CAP_SYNC_REGS;
+const int ckvm_KVM_CAP_IMMEDIATE_EXIT = KVM_CAP_IMMEDIATE_EXIT;
+const int ckvm_KVM_CAP_USER_NMI = KVM_CAP_USER_NMI;
+const int ckvm_KVM_CAP_SET_GUEST_DEBUG = KVM_CAP_SET_GUEST_DEBUG;
+const uint64_t ckvm_KVM_SYNC_X86_REGS = KVM_SYNC_X86_REGS;
+const uint64_t ckvm_KVM_SYNC_X86_SREGS = KVM_SYNC_X86_SREGS;
+const uint64_t ckvm_KVM_SYNC_X86_EVENTS = KVM_SYNC_X86_EVENTS;
+const uint32_t ckvm_KVM_INTERNAL_ERROR_EMULATION = KVM_INTERNAL_ERROR_EMULATION;
+const uint32_t ckvm_KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES =
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
+const uint8_t ckvm_KVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
+const uint8_t ckvm_KVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
+const int ckvm_O_RDWR_CLOEXEC = O_RDWR | O_CLOEXEC;
+
+int ckvm_open(const char *path, int flags) { return open(path, flags); }
+int ckvm_close(int fd) { return close(fd); }
+int ckvm_ioctl_none(int fd, unsigned long request) { return ioctl(fd, request, 0); }
+int ckvm_ioctl_int(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+
+void *ckvm_mmap_shared(int fd, size_t length) {
+    void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int ckvm_munmap(void *addr, size_t length) { return munmap(addr, length); }
+int ckvm_errno(void) { return errno; }

@@ -1,0 +1,2 @@
+import VMMHarness
+print("vmm-harness: under construction")
