@@ -1,2 +1,90 @@
+import ArgumentParser
+import Foundation
 import VMMHarness
-print("vmm-harness: under construction")
+
+@main
+struct VMMHarnessCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmm-harness",
+        abstract: "Run 32-bit x86 guests on /dev/kvm or an interpreter, with a Windows 9x-style VMM handling their faults.",
+        subcommands: [Run.self, Probe.self],
+        defaultSubcommand: Run.self
+    )
+}
+
+extension BackendChoice: ExpressibleByArgument {}
+
+struct BackendOptions: ParsableArguments {
+    @Option(help: "Execution backend: auto (KVM if usable, else the interpreter), kvm or interpreter. Env: VMM_HARNESS_BACKEND.")
+    var backend: BackendChoice = .auto
+
+    @Option(help: "Wall-clock limit for the run, in seconds.")
+    var timeout: Double = 10
+
+    func validate() throws {
+        guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be between 0 and 86400 seconds") }
+    }
+}
+
+/// Prints an error line and exits with `code`, without a stack trace.
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    FileHandle.standardError.write(Data("vmm-harness: \(message)\n".utf8))
+    exit(code)
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a guest image: a flat binary loaded at 1 MiB, or a .S source assembled on the fly (entered at _start).")
+
+    @Argument(help: "The guest: a .S source or a flat binary.")
+    var file: String
+
+    @OptionGroup var backendOptions: BackendOptions
+
+    @Flag(help: "Print the JSON report instead of the readable listing.")
+    var json = false
+
+    @Flag(help: "Show each fault's dispatch through the handler chains.")
+    var trace = false
+
+    func run() throws {
+        let image: GuestImage
+        do { image = try GuestImage.load(path: file) } catch { fail(error.description, code: 1) }
+        let scenario = Scenario(image: image)
+        var options = MachineOptions()
+        options.timeout = backendOptions.timeout
+        let machine: Machine
+        do {
+            machine = try Harness.makeMachine(image: image, choice: backendOptions.backend, needs: scenario.needs,
+                                              options: options, faultHandling: nil)
+        } catch { fail(error.description, code: 2) }
+        let report = machine.run()
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            if let data = try? enc.encode(report) { print(String(decoding: data, as: UTF8.self)) }
+        } else {
+            print(ReportFormatter.listing(report, trace: trace))
+        }
+        if report.exit.exitCode != 0 { throw ExitCode(report.exit.exitCode) }
+    }
+}
+
+struct Probe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Report what this host's /dev/kvm can do, by opening it and running tiny probe guests.")
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let result = KVMProbe.run()
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            if let data = try? enc.encode(result) { print(String(decoding: data, as: UTF8.self)) }
+        } else {
+            print(result.listing)
+        }
+    }
+}

@@ -5,7 +5,7 @@
 /// |---|---|
 /// | 0000_0000–0000_0FFF | null page, left zero |
 /// | 0000_1000–0000_FFFF | runtime image: header, GDT, IDT (00h–4Fh), TSS, IDT stubs (`guest/runtime.S`) |
-/// | 0001_0000–0001_FFFF | ring-0 stack for faults taken from ring 3 (TSS.ESP0 = 0002_0000) |
+/// | 0001_0000–0001_FFFF | ring-0 stack for faults taken from ring 3 (TSS.ESP0 = 0001_FFCC, so the 6Ch-byte frame of a ring-3 fault ends at 0002_0000) |
 /// | 0002_0000–0007_FFFF | ring-0 stack the user image starts with (ESP = 0008_0000) |
 /// | 0008_0000–0008_FFFF | ring-3 stack (top 0009_0000) |
 /// | 0009_0000–0009_FFFF | host area: guest-visible addresses of host handlers, scratch |
@@ -18,8 +18,10 @@ public enum MemoryMap {
     public static let runtimeBase: UInt32 = 0x0000_1000
     /// Largest runtime image.
     public static let runtimeLimit: UInt32 = 0x0001_0000
-    /// TSS.ESP0: the ring-0 stack used for interrupts and faults taken from ring 3.
-    public static let ring0FaultStackTop: UInt32 = 0x0002_0000
+    /// TSS.ESP0: the ring-0 stack used for interrupts and faults taken from ring 3. The CPU pushes
+    /// SS, ESP, EFLAGS, CS, EIP; the stub an error code and PUSHAD: 38h bytes. ESP0 leaves room
+    /// above that for Client_ES..Client_Alt_GS, so the complete 6Ch-byte frame ends at 0002_0000.
+    public static let ring0FaultStackTop: UInt32 = 0x0002_0000 - 0x34
     /// ESP the user image starts with.
     public static let ring0StackTop: UInt32 = 0x0008_0000
     /// Top of the stack ring-3 code gets by default.

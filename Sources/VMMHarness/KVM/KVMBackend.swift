@@ -1,0 +1,127 @@
+import CKVM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension SegmentRegister {
+    init(_ s: kvm_segment) {
+        self.init(selector: s.selector, base: UInt32(truncatingIfNeeded: s.base), limit: s.limit, type: s.type,
+                  isCodeOrData: s.s != 0, dpl: s.dpl, present: s.present != 0, defaultBig: s.db != 0,
+                  granularity: s.g != 0, available: s.avl != 0, unusable: s.unusable != 0)
+    }
+
+    var kvm: kvm_segment {
+        var s = kvm_segment()
+        s.base = UInt64(base); s.limit = limit; s.selector = selector; s.type = type
+        s.present = present ? 1 : 0; s.dpl = dpl; s.db = defaultBig ? 1 : 0; s.s = isCodeOrData ? 1 : 0
+        s.l = 0; s.g = granularity ? 1 : 0; s.avl = available ? 1 : 0; s.unusable = unusable ? 1 : 0
+        return s
+    }
+}
+
+extension CPUState {
+    init(regs r: kvm_regs, sregs s: kvm_sregs) {
+        self.init()
+        apply(regs: r)
+        apply(sregs: s)
+    }
+
+    mutating func apply(regs r: kvm_regs) {
+        eax = UInt32(truncatingIfNeeded: r.rax); ecx = UInt32(truncatingIfNeeded: r.rcx)
+        edx = UInt32(truncatingIfNeeded: r.rdx); ebx = UInt32(truncatingIfNeeded: r.rbx)
+        esp = UInt32(truncatingIfNeeded: r.rsp); ebp = UInt32(truncatingIfNeeded: r.rbp)
+        esi = UInt32(truncatingIfNeeded: r.rsi); edi = UInt32(truncatingIfNeeded: r.rdi)
+        eip = UInt32(truncatingIfNeeded: r.rip); eflags = UInt32(truncatingIfNeeded: r.rflags)
+    }
+
+    mutating func apply(sregs s: kvm_sregs) {
+        cs = SegmentRegister(s.cs); ds = SegmentRegister(s.ds); es = SegmentRegister(s.es)
+        fs = SegmentRegister(s.fs); gs = SegmentRegister(s.gs); ss = SegmentRegister(s.ss)
+        tr = SegmentRegister(s.tr); ldtr = SegmentRegister(s.ldt)
+        gdtr = TableRegister(base: UInt32(truncatingIfNeeded: s.gdt.base), limit: s.gdt.limit)
+        idtr = TableRegister(base: UInt32(truncatingIfNeeded: s.idt.base), limit: s.idt.limit)
+        cr0 = UInt32(truncatingIfNeeded: s.cr0); cr2 = UInt32(truncatingIfNeeded: s.cr2)
+        cr3 = UInt32(truncatingIfNeeded: s.cr3); cr4 = UInt32(truncatingIfNeeded: s.cr4)
+    }
+
+    var kvmRegs: kvm_regs {
+        var r = kvm_regs()
+        r.rax = UInt64(eax); r.rcx = UInt64(ecx); r.rdx = UInt64(edx); r.rbx = UInt64(ebx)
+        r.rsp = UInt64(esp); r.rbp = UInt64(ebp); r.rsi = UInt64(esi); r.rdi = UInt64(edi)
+        r.rip = UInt64(eip); r.rflags = UInt64(eflags | EFlags.reserved1)
+        return r
+    }
+
+    /// The sregs for this state, keeping fields the harness does not model (EFER, APIC base,
+    /// interrupt bitmap) from `base`.
+    func kvmSregs(base: kvm_sregs) -> kvm_sregs {
+        var s = base
+        s.cs = cs.kvm; s.ds = ds.kvm; s.es = es.kvm; s.fs = fs.kvm; s.gs = gs.kvm; s.ss = ss.kvm
+        s.tr = tr.kvm; s.ldt = ldtr.kvm
+        s.gdt.base = UInt64(gdtr.base); s.gdt.limit = gdtr.limit
+        s.idt.base = UInt64(idtr.base); s.idt.limit = idtr.limit
+        s.cr0 = UInt64(cr0); s.cr2 = UInt64(cr2); s.cr3 = UInt64(cr3); s.cr4 = UInt64(cr4)
+        return s
+    }
+}
+
+/// The KVM execution backend: one VM, one vCPU, the guest memory mapped at physical 0.
+public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
+    public let kind = BackendKind.kvm
+    public let memory: GuestMemory
+    public private(set) var statistics = BackendStatistics()
+    public let system: KVMSystem
+    public let vm: KVMVirtualMachine
+    public let vcpu: KVMVCPU
+    private var lastSregs: kvm_sregs?
+
+    /// Creates the VM and vCPU over `memory`, using the device at `devicePath`.
+    public init(memory: GuestMemory, devicePath: String = KVMSystem.defaultPath) throws(HarnessError) {
+        self.memory = memory
+        let system = try KVMSystem(path: devicePath)
+        guard system.hasImmediateExit else { throw .kvmMissingCapability("KVM_CAP_IMMEDIATE_EXIT") }
+        self.system = system
+        self.vm = try system.createVM()
+        try vm.mapMemory(memory)
+        self.vcpu = try vm.createVCPU()
+        vcpu.bindToCurrentThread()
+    }
+
+    public func readState() throws(HarnessError) -> CPUState {
+        let s = try vcpu.getSregs()
+        lastSregs = s
+        return CPUState(regs: try vcpu.getRegs(), sregs: s)
+    }
+
+    public func writeState(_ state: CPUState) throws(HarnessError) {
+        let base: kvm_sregs
+        if let lastSregs { base = lastSregs } else { base = try vcpu.getSregs() }
+        let s = state.kvmSregs(base: base)
+        try vcpu.setSregs(s)
+        lastSregs = s
+        try vcpu.setRegs(state.kvmRegs)
+        // Debug registers are not part of sregs; the harness leaves them at their reset values on KVM.
+    }
+
+    /// Writes only the general registers, EIP and EFLAGS (the fast resume path when no segment
+    /// or system register changed).
+    public func writeGeneralRegisters(_ state: CPUState) throws(HarnessError) {
+        try vcpu.setRegs(state.kvmRegs)
+    }
+
+    public func run(instructionBudget: Int) throws(HarnessError) -> GuestExit {
+        statistics.runs += 1
+        lastSregs = nil
+        return try vcpu.run()
+    }
+
+    public func completePortIn(value: UInt32) throws(HarnessError) {
+        try vcpu.completePortIn(value: value)
+    }
+
+    /// Interrupts a KVM_RUN in progress from another thread (timeouts).
+    public func kick() { vcpu.kick() }
+
+    /// Counts an instruction the interpreter finished for KVM.
+    public func noteAssist() { statistics.assists += 1 }
+}

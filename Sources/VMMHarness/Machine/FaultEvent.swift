@@ -1,0 +1,101 @@
+/// A fault or interrupt the guest's IDT stub handed to the host: the frame it built and where.
+public struct FaultEvent: Sendable {
+    /// Interrupt number 00h–4Fh.
+    public var vector: UInt8
+    /// The full frame (`Client_Reg_Struc`) as the host completed it.
+    public var frame: ClientRegisters
+    /// Guest address of the frame (what EBP points at for guest fault handlers).
+    public var frameAddress: UInt32
+    /// Privilege level the fault came from (CS.RPL of the interrupted code).
+    public var ring: UInt8
+    /// The vCPU state at the stub's exit (inside the stub, ring 0).
+    public var stubState: CPUState
+}
+
+/// What the host's fault handling decided.
+public enum FaultResolution: Sendable, Equatable {
+    /// Resume the guest from the (possibly changed) frame.
+    case resume(handledBy: String)
+    /// Nothing processed the fault: the run ends (`report` is the text shown to the user).
+    case unhandled(report: String)
+    /// End the run for another reason (a fatal error service, a strict-mode violation ...).
+    case stop(reason: ExitReason, message: String)
+}
+
+/// Whoever decides what a fault means: the VMM (`VMMFaultHandling`), or a plain closure in tests.
+public protocol FaultHandling: AnyObject {
+    /// Called once per fault. Change `frame` to change what the guest resumes with.
+    /// `details` receives a structured record of what happened for the report (e.g. a dispatch trace).
+    func handleFault(_ event: FaultEvent, frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution
+}
+
+/// Extra, handler-specific information attached to a fault record.
+public struct FaultDetails: Sendable, Codable, Equatable {
+    /// Human-readable lines (the `--trace` listing).
+    public var trace: [String] = []
+    /// Structured visits of the dispatch (handler, tier, outcome, changes), when a VMM handled it.
+    public var visits: [HandlerVisitRecord] = []
+    public init() {}
+}
+
+/// One handler visited while a fault was dispatched (for JSON).
+public struct HandlerVisitRecord: Sendable, Codable, Equatable {
+    public var handler: String
+    public var address: UInt32
+    public var tier: String
+    public var outcome: String
+    public var changes: [String]
+    public var violations: [String]
+    public init(handler: String, address: UInt32, tier: String, outcome: String, changes: [String], violations: [String]) {
+        self.handler = handler
+        self.address = address
+        self.tier = tier
+        self.outcome = outcome
+        self.changes = changes
+        self.violations = violations
+    }
+}
+
+/// A `FaultHandling` built from a closure; returning false leaves the fault unhandled.
+public final class ClosureFaultHandling: FaultHandling {
+    let body: (FaultEvent, inout ClientRegisters) -> Bool
+    public init(_ body: @escaping (FaultEvent, inout ClientRegisters) -> Bool) { self.body = body }
+    public func handleFault(_ event: FaultEvent, frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution {
+        if body(event, &frame) { return .resume(handledBy: "host closure") }
+        return .unhandled(report: "unhandled exception \(hex(event.vector, width: 2)) at \(hex(event.frame.cs, width: 4, prefix: ""))" +
+                          ":\(hex(event.frame.eip, prefix: ""))")
+    }
+}
+
+/// Names of the x86 exception vectors (SDM vol. 3A, table 6-1).
+public enum ExceptionNames {
+    public static func name(_ v: UInt8) -> String {
+        switch v {
+        case 0x00: return "#DE"
+        case 0x01: return "#DB"
+        case 0x02: return "NMI"
+        case 0x03: return "#BP"
+        case 0x04: return "#OF"
+        case 0x05: return "#BR"
+        case 0x06: return "#UD"
+        case 0x07: return "#NM"
+        case 0x08: return "#DF"
+        case 0x0A: return "#TS"
+        case 0x0B: return "#NP"
+        case 0x0C: return "#SS"
+        case 0x0D: return "#GP"
+        case 0x0E: return "#PF"
+        case 0x10: return "#MF"
+        case 0x11: return "#AC"
+        case 0x12: return "#MC"
+        case 0x13: return "#XM"
+        case 0x20: return "INT 20h (VMMcall)"
+        default: return "INT \(hex(v, width: 2))"
+        }
+    }
+
+    /// Whether the CPU pushes an error code for this vector when it raises it as an exception.
+    public static func hasErrorCode(_ v: UInt8) -> Bool {
+        v == 0x08 || (0x0A...0x0E).contains(v) || v == 0x11
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+
+/// What `vmm-harness probe` found.
+public struct ProbeResult: Sendable, Codable {
+    public struct Feature: Sendable, Codable {
+        public var name: String
+        /// true / false, or nil when it could not be tested.
+        public var supported: Bool?
+        public var detail: String
+    }
+
+    public var host: HostDescription
+    public var advice: String?
+    public var capabilities: [String: Int32]
+    public var features: [Feature]
+
+    /// Whether the named feature was found to work.
+    public func supports(_ name: String) -> Bool? { features.first { $0.name == name }?.supported }
+
+    public var listing: String {
+        var out = ["KVM device: \(host.kvmDevice) — \(host.kvmUsable ? "opens, API 12" : "not usable")",
+                   "KVM flavour: \(host.kvmFlavour)  CPU: \(host.cpu)  kernel: \(host.kernel)"]
+        if let advice { out.append("advice: \(advice)") }
+        if !capabilities.isEmpty {
+            out.append("capabilities: " + capabilities.keys.sorted().map { "\($0)=\(capabilities[$0] ?? 0)" }.joined(separator: " "))
+        }
+        for f in features {
+            let s = f.supported.map { $0 ? "yes" : "NO " } ?? "n/a"
+            out.append("  \(s)  \(f.name.padding(toLength: 26, withPad: " ", startingAt: 0)) \(f.detail)")
+        }
+        return out.joined(separator: "\n")
+    }
+}
+
+/// Probes the host's KVM with tiny guests, each bounded by a short timeout. Never throws: every
+/// failure becomes a line of the result.
+public enum KVMProbe {
+    public static func run(devicePath: String = KVMSystem.defaultPath) -> ProbeResult {
+        let host = HostDescription.current(devicePath: devicePath)
+        var result = ProbeResult(host: host, advice: host.kvmError, capabilities: [:], features: [])
+        guard host.kvmUsable, let sys = try? KVMSystem(path: devicePath) else {
+            for n in ["protected-mode fault delivery", "protected-mode INT n", "protected-mode IRET", "32-bit paging", "V86 mode"] {
+                result.features.append(.init(name: n, supported: nil, detail: "not tested: KVM is not usable; the interpreter runs everything"))
+            }
+            return result
+        }
+        result.capabilities = ["SYNC_REGS": Int32(sys.syncRegisterSets), "IMMEDIATE_EXIT": sys.hasImmediateExit ? 1 : 0,
+                               "USER_NMI": sys.hasUserNMI ? 1 : 0]
+        let base = MemoryMap.imageBase
+        func le(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24)] }
+
+        // #UD through the IDT to the runtime's stub.
+        result.features.append(probe("protected-mode fault delivery", [0x0F, 0x0B], devicePath) { r in
+            r.faults.first?.vector == 0x06 ? (true, "UD2 reached the #UD stub") : (false, summary(r))
+        })
+        // INT 30h: the emulator must deliver a software interrupt in protected mode.
+        result.features.append(probe("protected-mode INT n", [0xCD, 0x30, 0xF4], devicePath) { r in
+            if r.faults.first?.vector == 0x30 { return (true, "INT 30h reached its stub") }
+            if r.exit.reason == .emulationFailure { return (false, "emulation failure at INT 30h; the harness finishes INT n with the interpreter (instruction assist)") }
+            return (false, summary(r))
+        })
+        // PUSHFD; PUSH CS; PUSH target; IRETD; target: HLT
+        result.features.append(probe("protected-mode IRET", [0x9C, 0x0E, 0x68] + le(base + 8) + [0xCF, 0xF4], devicePath) { r in
+            if r.exit.reason == .halt { return (true, "IRETD to the same ring returned to HLT") }
+            if r.exit.reason == .emulationFailure { return (false, "emulation failure at IRETD; the harness resumes faults without IRET and assists guest IRETs") }
+            return (false, summary(r))
+        })
+        // Identity-map 4 MiB with one page table, set CR3, turn on CR0.PG, HLT.
+        var paging: [UInt8] = [0xB8] + le(base + 0x1000) + [0x0F, 0x22, 0xD8, 0x0F, 0x20, 0xC0, 0x0D] + le(0x8000_0000) +
+            [0x0F, 0x22, 0xC0, 0xEB, 0x00, 0xF4]
+        paging += [UInt8](repeating: 0, count: 0x1000 - paging.count)
+        paging += le((base + 0x2000) | 3) + [UInt8](repeating: 0, count: 0x1000 - 4)
+        for i in 0..<1024 { paging += le(UInt32(i) << 12 | 3) }
+        result.features.append(probe("32-bit paging", paging, devicePath) { r in
+            if r.exit.reason == .halt { return (true, "CR0.PG with a 4 KiB page table ran to HLT") }
+            if r.exit.reason == .shutdown { return (false, "setting CR0.PG shut the VM down; the interpreter runs paging guests") }
+            return (false, summary(r))
+        })
+        // V86: start at 0800:0000 with EFLAGS.VM and execute UD2; the #UD frame must have VM set.
+        result.features.append(probe("V86 mode", [0xF4], devicePath, v86: true) { r in
+            guard let f = r.faults.first else { return (false, summary(r)) }
+            if f.eflags & EFlags.vm != 0 { return (true, "#UD from V86 code arrived with EFLAGS.VM set") }
+            return (false, "EFLAGS.VM was not honoured (the fault came from protected mode); the interpreter runs V86 guests")
+        })
+        return result
+    }
+
+    static func summary(_ r: RunReport) -> String {
+        "ended with \(r.exit.reason.rawValue): \(r.exit.message)"
+    }
+
+    static func probe(_ name: String, _ bytes: [UInt8], _ devicePath: String, v86: Bool = false,
+                      judge: (RunReport) -> (Bool, String)) -> ProbeResult.Feature {
+        do {
+            let memory = try GuestMemory(size: 8 << 20)
+            let backend = try KVMBackend(memory: memory, devicePath: devicePath)
+            let host = HostDescription(kvmFlavour: "", kvmDevice: devicePath, kvmUsable: true, kvmError: nil, cpu: "", kernel: "")
+            var options = MachineOptions()
+            options.timeout = 2
+            let machine = try Machine(image: GuestImage(name: name, bytes: bytes), memory: memory, backend: backend,
+                                      backendReport: BackendReport(kind: .kvm, reason: "probe", host: host), options: options)
+            if v86 {
+                try memory.writeBytes(0x8000, [0x0F, 0x0B])
+                var s = try backend.readState()
+                let seg = { (sel: UInt16) in
+                    SegmentRegister(selector: sel, base: UInt32(sel) << 4, limit: 0xFFFF, type: 3, isCodeOrData: true,
+                                    dpl: 3, present: true)
+                }
+                s.cs = seg(0x0800); s.ss = seg(0x0700); s.ds = seg(0); s.es = seg(0); s.fs = seg(0); s.gs = seg(0)
+                s.eip = 0; s.esp = 0x0FFE
+                s.eflags = EFlags.vm | EFlags.reserved1
+                try backend.writeState(s)
+            }
+            let (ok, detail) = judge(machine.run())
+            return .init(name: name, supported: ok, detail: detail)
+        } catch {
+            return .init(name: name, supported: false, detail: "could not run the probe: \(error)")
+        }
+    }
+}

@@ -1,0 +1,411 @@
+import Foundation
+
+/// Options for one run.
+public struct MachineOptions: Sendable {
+    /// Guest memory size in bytes.
+    public var memorySize = MemoryMap.defaultMemorySize
+    /// Wall-clock limit for the run in seconds (nil: none).
+    public var timeout: Double? = 10
+    /// Faults listed individually in the report (the rest are only counted).
+    public var maxRecordedFaults = 1000
+    /// The same fault with identical registers this many times in a row ends the run as a fault storm.
+    public var faultStormLimit = 64
+    /// Interpreter instructions per slice between clock checks.
+    public var sliceInstructions = 1 << 20
+    /// Record every frame field in each fault record.
+    public var recordFrames = true
+    public init() {}
+}
+
+/// Finishes, on the host, an instruction a KVM host's emulator refused (the interpreter does this).
+public protocol InstructionAssist: AnyObject {
+    /// Executes exactly one instruction at `state.eip` (delivering any exception it raises through
+    /// the guest IDT) and returns what the instruction did at the end.
+    func assist(state: inout CPUState, memory: GuestMemory) -> AssistOutcome
+}
+
+/// What an assisted instruction ended with.
+public enum AssistOutcome: Equatable, Sendable {
+    case completed
+    case exit(GuestExit)
+    case failed(String)
+}
+
+/// One guest machine: guest memory holding the runtime and the user image, an execution backend,
+/// and the loop that runs it and turns every exit into the next step.
+///
+/// The loop only runs the backend; `handle(_:)` decides what each exit means, so it can be driven
+/// with synthetic exits from a test backend.
+public final class Machine {
+    public let memory: GuestMemory
+    public let backend: any ExecutionBackend
+    public let backendReport: BackendReport
+    public let image: GuestImage
+    public let layout: RuntimeImage.Layout
+    public let options: MachineOptions
+    /// Decides what faults mean (the VMM). Without one, every fault ends the run unhandled.
+    public var faultHandling: (any FaultHandling)?
+    /// Finishes instructions KVM cannot emulate.
+    public var assist: (any InstructionAssist)?
+
+    private var report: RunReport
+    private var lastFault: (vector: UInt8, frame: ClientRegisters)?
+    private var stormCount = 0
+    private var finished: (ExitReason, String)?
+
+    /// Loads the runtime and `image` into `memory` and sets the initial CPU state on `backend`.
+    public init(image: GuestImage, memory: GuestMemory, backend: any ExecutionBackend, backendReport: BackendReport,
+                options: MachineOptions = MachineOptions()) throws(HarnessError) {
+        self.memory = memory
+        self.backend = backend
+        self.backendReport = backendReport
+        self.image = image
+        self.options = options
+        self.layout = try RuntimeImage.layout()
+        guard image.base >= MemoryMap.imageBase, memory.contains(UInt64(image.base), count: image.bytes.count) else {
+            throw .badFile(path: image.name, reason: "does not fit guest memory at \(hex(image.base))")
+        }
+        do {
+            try memory.writeBytes(MemoryMap.runtimeBase, RuntimeImage.bytes)
+            try memory.writeBytes(image.base, image.bytes)
+        } catch { throw .memory(error) }
+        try backend.writeState(Machine.initialState(entry: image.entry, layout: layout))
+        report = RunReport(image: image.name, backend: backendReport,
+                           exit: .init(reason: .halt, message: "", exitCode: 0), finalRegisters: nil,
+                           statistics: .init(instructions: 0, backendRuns: 0, assists: 0, wallSeconds: 0))
+    }
+
+    /// The state every image starts in: ring 0, flat 32-bit segments (CS 28h, data 30h), the
+    /// runtime's GDT, IDT and TSS loaded, ESP = `MemoryMap.ring0StackTop`, interrupts disabled.
+    public static func initialState(entry: UInt32, layout: RuntimeImage.Layout) -> CPUState {
+        var s = CPUState()
+        s.cr0 = CR0.pe | CR0.et
+        s.cs = .flatCode(selector: Selectors.ring0Code, dpl: 0)
+        let data = SegmentRegister.flatData(selector: Selectors.ring0Data, dpl: 0)
+        s.ds = data; s.es = data; s.fs = data; s.gs = data; s.ss = data
+        s.gdtr = layout.gdt
+        s.idtr = layout.idt
+        s.tr = SegmentRegister(selector: Selectors.tss, base: layout.tssBase, limit: layout.tssLimit, type: 0xB,
+                               isCodeOrData: false, dpl: 0, present: true)
+        s.ldtr = SegmentRegister(selector: 0, type: 0x2, present: true, unusable: true)
+        s.esp = MemoryMap.ring0StackTop
+        s.eip = entry
+        s.eflags = EFlags.reserved1
+        return s
+    }
+
+    // MARK: running
+
+    /// Runs the guest until it halts, a fault goes unhandled, the timeout expires or something breaks.
+    public func run() -> RunReport {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let deadline = options.timeout.map { start + UInt64($0 * 1e9) }
+        let watchdog = Watchdog()
+        if let timeout = options.timeout, let kvm = backend as? KVMBackend {
+            watchdog.arm(after: timeout) { kvm.kick() }
+        }
+        defer { watchdog.cancel() }
+        while finished == nil {
+            let exit: GuestExit
+            do {
+                exit = try backend.run(instructionBudget: options.sliceInstructions)
+            } catch {
+                finish(.backendError, error.description)
+                break
+            }
+            if case .interrupted = exit, let deadline, DispatchTime.now().uptimeNanoseconds >= deadline {
+                finish(.timeout, "the run did not finish within \(options.timeout ?? 0) s")
+                break
+            }
+            handle(exit)
+        }
+        let end = DispatchTime.now().uptimeNanoseconds
+        if let s = try? backend.readState() { report.finalRegisters = RegisterSnapshot(s) }
+        let (reason, message) = finished ?? (.halt, "")
+        report.exit = .init(reason: reason, message: message, exitCode: reason.exitCode)
+        let st = backend.statistics
+        report.statistics = .init(instructions: st.instructions, backendRuns: st.runs, assists: st.assists,
+                                  wallSeconds: Double(end - start) / 1e9)
+        return report
+    }
+
+    private func finish(_ reason: ExitReason, _ message: String) {
+        if finished == nil { finished = (reason, message) }
+    }
+
+    /// Decides what one exit means and carries it out.
+    public func handle(_ exit: GuestExit) {
+        switch exit {
+        case let .portOut(port, _, value):
+            if let vector = Ports.vector(forPort: port) {
+                handleFault(vector: vector)
+            } else if port == Ports.control {
+                handleControl()
+            } else if port == Ports.debugConsole {
+                report.console.unicodeScalars.append(Unicode.Scalar(UInt8(truncatingIfNeeded: value)))
+            }
+            // Other ports: writes are ignored (no devices).
+        case .portIn:
+            // No devices: the bus floats high.
+            do { try backend.completePortIn(value: 0xFFFF_FFFF) } catch { finish(.backendError, error.description) }
+        case .halt:
+            finish(.halt, "the guest executed HLT")
+        case let .shutdown(reason):
+            finish(.shutdown, reason)
+        case let .failEntry(reason):
+            finish(.failEntry, "KVM_EXIT_FAIL_ENTRY, hardware entry failure reason \(hex(reason, width: 16, prefix: "0x"))")
+        case let .internalError(suberror, data, bytes):
+            handleInternalError(suberror: suberror, data: data, bytes: bytes)
+        case .interrupted:
+            break
+        case let .mmio(address, isWrite, length, _):
+            let where_ = (try? backend.readState()).map { " at EIP \(hex($0.eip))" } ?? ""
+            finish(.mmio, "the guest \(isWrite ? "wrote" : "read") \(length) byte(s) at guest-physical \(hex(address, width: 8)), where there is no memory\(where_)")
+        case let .unknown(reason):
+            finish(.backendError, "unknown exit reason \(reason)")
+        }
+    }
+
+    private func handleInternalError(suberror: UInt32, data: [UInt64], bytes: [UInt8]) {
+        let hexBytes = bytes.map { hex($0, width: 2, prefix: "") }.joined(separator: " ")
+        guard suberror == 1 else {
+            finish(.backendError, "KVM_EXIT_INTERNAL_ERROR suberror \(suberror), data \(data.map { hex($0, width: 16, prefix: "0x") })")
+            return
+        }
+        guard let assist else {
+            finish(.emulationFailure, "KVM could not emulate the instruction [\(hexBytes)] and no assist is configured")
+            return
+        }
+        do {
+            var state = try backend.readState()
+            let eip = state.eip
+            switch assist.assist(state: &state, memory: memory) {
+            case .completed:
+                try backend.writeState(state)
+                (backend as? KVMBackend)?.noteAssist()
+            case let .exit(e):
+                try backend.writeState(state)
+                (backend as? KVMBackend)?.noteAssist()
+                handle(e)
+            case let .failed(why):
+                finish(.emulationFailure, "KVM could not emulate [\(hexBytes)] at \(hex(eip)) and the assist failed: \(why)")
+            }
+        } catch {
+            finish(.backendError, error.description)
+        }
+    }
+
+    private func handleControl() {
+        do {
+            var s = try backend.readState()
+            guard s.cpl == 0 else {
+                finish(.invalidResume, "runtime call from ring \(s.cpl)")
+                return
+            }
+            switch RuntimeCall(rawValue: s.eax) {
+            case .enterRing3:
+                let loader = SegmentLoader(memory: memory, gdtr: s.gdtr)
+                do {
+                    s.cs = try loader.loadCode(Selectors.ring3Code)
+                    s.ss = try loader.loadStack(Selectors.ring3Data, cpl: 3)
+                    let d = try loader.loadData(Selectors.ring3Data, cpl: 3, name: "DS")
+                    s.ds = d; s.es = d; s.fs = d; s.gs = d
+                } catch {
+                    finish(.invalidResume, "entering ring 3: \(error)")
+                    return
+                }
+                s.eip = s.ecx
+                s.esp = s.edx
+                s.eflags = (s.esi & Machine.resumableFlags) | EFlags.reserved1
+                try backend.writeState(s)
+            case .checkpoint:
+                report.checkpoints.append(Checkpoint(tag: s.ecx, value: s.ebx))
+            case nil:
+                finish(.invalidResume, "unknown runtime call \(hex(s.eax)) at \(hex(s.eip))")
+            }
+        } catch {
+            finish(.backendError, error.description)
+        }
+    }
+
+    /// EFLAGS bits a frame may set on resume (no VM: V86 is not resumed through frames; no RF/VIF/VIP).
+    static let resumableFlags: UInt32 = 0x0024_7FD7
+
+    // MARK: faults
+
+    /// Reads the frame the stub for `vector` left, completes it, hands it to the fault handling and
+    /// resumes the guest from what the handlers left.
+    private func handleFault(vector: UInt8) {
+        let event: FaultEvent
+        do {
+            event = try readFault(vector: vector)
+        } catch {
+            finish(.invalidResume, "fault \(hex(vector, width: 2)): \(error)")
+            return
+        }
+        report.faultCount += 1
+        var frame = event.frame
+        var details = FaultDetails()
+        let resolution: FaultResolution
+        if let faultHandling {
+            resolution = faultHandling.handleFault(event, frame: &frame, details: &details)
+        } else {
+            resolution = .unhandled(report: "unhandled \(ExceptionNames.name(vector)) at \(hex(event.frame.cs, width: 4, prefix: "")):\(hex(event.frame.eip, prefix: ""))")
+        }
+        var record = FaultRecord(index: report.faultCount - 1, vector: vector, name: ExceptionNames.name(vector),
+                                 errorCode: event.frame.error, cs: event.frame.cs, eip: event.frame.eip,
+                                 eflags: event.frame.eflags, ring: event.ring, frameAddress: event.frameAddress,
+                                 symbol: image.symbolize(event.frame.eip).map { $0.offset == 0 ? $0.name : "\($0.name)+\(hex($0.offset, width: 1, prefix: "0x"))" },
+                                 outcome: "", handledBy: "", resumeCS: nil, resumeEIP: nil,
+                                 frame: nil, details: details.trace.isEmpty && details.visits.isEmpty ? nil : details)
+        if options.recordFrames { record.frame = Machine.frameDictionary(frame) }
+        defer {
+            if report.faults.count < options.maxRecordedFaults { report.faults.append(record) }
+        }
+        switch resolution {
+        case let .unhandled(text):
+            record.outcome = "unhandled"
+            record.handledBy = text
+            finish(.unhandledFault, text)
+            return
+        case let .stop(reason, message):
+            record.outcome = "stopped"
+            record.handledBy = message
+            finish(reason, message)
+            return
+        case let .resume(by):
+            record.outcome = "resumed"
+            record.handledBy = by
+        }
+        // Fault storm: the same fault with the same frame, again and again, means no progress.
+        if let last = lastFault, last.vector == vector, last.frame == event.frame {
+            stormCount += 1
+            if stormCount >= options.faultStormLimit {
+                finish(.faultStorm, "\(ExceptionNames.name(vector)) at \(hex(event.frame.cs, width: 4, prefix: "")):\(hex(event.frame.eip, prefix: "")) repeated \(stormCount + 1) times with identical registers")
+                return
+            }
+        } else {
+            stormCount = 0
+        }
+        lastFault = (vector, event.frame)
+        do {
+            let state = try resumeState(from: frame, event: event)
+            try? memory.writeBytes(event.frameAddress, frame.bytes.prefix(ClientRegisters.stubFrameSize))
+            try backend.writeState(state)
+            record.resumeCS = frame.cs
+            record.resumeEIP = frame.eip
+        } catch let e as SegmentLoadError {
+            record.outcome = "stopped"
+            finish(.invalidResume, "the frame left by the handlers cannot be resumed: \(e)")
+        } catch {
+            finish(.backendError, "\(error)")
+        }
+    }
+
+    /// Reads and completes the frame of a stub exit. Validates everything the guest supplied.
+    func readFault(vector: UInt8) throws(HarnessError) -> FaultEvent {
+        let st = try backend.readState()
+        guard st.cpl == 0, st.cs.selector == Selectors.ring0Code else {
+            throw .guestProtocol("fault port written from \(hex(st.cs.selector, width: 4)):\(hex(st.eip)), not from a ring-0 stub")
+        }
+        guard st.cr0 & CR0.pg == 0 else {
+            throw .unsupported("faults while paging is enabled (the host reads frames by physical address)")
+        }
+        let addr = st.esp &+ st.ss.base
+        let bytes: [UInt8]
+        do { bytes = try memory.readBytes(addr, count: ClientRegisters.stubFrameSize) } catch {
+            throw .guestProtocol("the stub's frame at \(hex(addr)) is outside guest memory")
+        }
+        var frame = ClientRegisters(bytes: bytes + [UInt8](repeating: 0, count: ClientRegisters.size - bytes.count)) ?? ClientRegisters()
+        let fromV86 = frame.eflags & EFlags.vm != 0
+        let ring: UInt8 = fromV86 ? 3 : UInt8(frame.cs & 3)
+        do {
+            if fromV86 {
+                // The CPU pushed the V86 segment registers itself (Client_ES..Client_GS).
+                frame.esp = try memory.read32(addr &+ 0x30)
+                frame.ss = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x34))
+                frame.es = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x38))
+                frame.ds = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x3C))
+                frame.fs = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x40))
+                frame.gs = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x44))
+                return FaultEvent(vector: vector, frame: frame, frameAddress: addr, ring: ring, stubState: st)
+            }
+            if ring != 0 {
+                frame.esp = try memory.read32(addr &+ 0x30)
+                frame.ss = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x34))
+            } else {
+                frame.esp = st.esp &+ 0x30
+                frame.ss = st.ss.selector
+            }
+            frame.ds = st.ds.selector; frame.es = st.es.selector; frame.fs = st.fs.selector; frame.gs = st.gs.selector
+            // Complete the frame in guest memory too, as the DDK lays it out: for a ring-3 fault
+            // the Client_Reg_Struc continues above the CPU frame; for a ring-0 fault (the VMM's
+            // re-entrant frame) DS, ES, FS, GS sit below EBP.
+            if ring != 0 {
+                var tail = frame.bytes
+                tail = Array(tail[ClientRegisters.Offset.es...])
+                try memory.writeBytes(addr &+ UInt32(ClientRegisters.Offset.es), tail)
+            } else {
+                try memory.write32(addr &- 4, UInt32(frame.ds))
+                try memory.write32(addr &- 8, UInt32(frame.es))
+                try memory.write32(addr &- 12, UInt32(frame.fs))
+                try memory.write32(addr &- 16, UInt32(frame.gs))
+            }
+        } catch {
+            throw .guestProtocol("the fault frame at \(hex(addr)) does not fit guest memory")
+        }
+        return FaultEvent(vector: vector, frame: frame, frameAddress: addr, ring: ring, stubState: st)
+    }
+
+    /// The CPU state the guest continues with: the frame's registers, with every segment register
+    /// reloaded from the GDT with the checks IRET would make.
+    func resumeState(from frame: ClientRegisters, event: FaultEvent) throws(SegmentLoadError) -> CPUState {
+        guard frame.eflags & EFlags.vm == 0 else {
+            throw SegmentLoadError(register: "EFLAGS", selector: 0, reason: "resuming V86 mode from a frame is not supported yet")
+        }
+        var s = event.stubState
+        s.eax = frame.eax; s.ebx = frame.ebx; s.ecx = frame.ecx; s.edx = frame.edx
+        s.esi = frame.esi; s.edi = frame.edi; s.ebp = frame.ebp
+        s.eip = frame.eip
+        s.esp = frame.esp
+        s.eflags = (frame.eflags & Machine.resumableFlags) | EFlags.reserved1
+        let loader = SegmentLoader(memory: memory, gdtr: s.gdtr)
+        let cpl = UInt8(frame.cs & 3)
+        s.cs = try loader.loadCode(frame.cs)
+        s.ss = try loader.loadStack(frame.ss, cpl: cpl)
+        s.ds = try loader.loadData(frame.ds, cpl: cpl, name: "DS")
+        s.es = try loader.loadData(frame.es, cpl: cpl, name: "ES")
+        s.fs = try loader.loadData(frame.fs, cpl: cpl, name: "FS")
+        s.gs = try loader.loadData(frame.gs, cpl: cpl, name: "GS")
+        return s
+    }
+
+    static func frameDictionary(_ f: ClientRegisters) -> [String: UInt32] {
+        ["Client_EAX": f.eax, "Client_EBX": f.ebx, "Client_ECX": f.ecx, "Client_EDX": f.edx,
+         "Client_ESI": f.esi, "Client_EDI": f.edi, "Client_EBP": f.ebp, "Client_Error": f.error,
+         "Client_EIP": f.eip, "Client_CS": UInt32(f.cs), "Client_EFlags": f.eflags, "Client_ESP": f.esp,
+         "Client_SS": UInt32(f.ss), "Client_ES": UInt32(f.es), "Client_DS": UInt32(f.ds),
+         "Client_FS": UInt32(f.fs), "Client_GS": UInt32(f.gs)]
+    }
+}
+
+/// Calls a closure once after a delay unless cancelled first (the KVM timeout kick).
+final class Watchdog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var cancelled = false
+
+    func arm(after seconds: Double, _ body: @escaping @Sendable () -> Void) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+            lock.lock()
+            let c = cancelled
+            lock.unlock()
+            if !c { body() }
+        }
+    }
+
+    func cancel() {
+        lock.lock()
+        cancelled = true
+        lock.unlock()
+    }
+}
