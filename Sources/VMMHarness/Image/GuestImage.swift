@@ -88,7 +88,7 @@ public enum GuestAssembler {
             throw .assemblyFailed(path: name, output: r1.output.replacingOccurrences(of: "\(dir)/input.S", with: name))
         }
         let r2 = try Subprocess.run(tc.lld, ["-m", "elf_i386", "--image-base=0", "-Ttext=\(hex(base, prefix: "0x"))", "-N",
-                                             "--no-warn-rwx-segments", "-e", "_start", "-o", "\(dir)/input.elf", "\(dir)/input.o"])
+                                             "-e", "_start", "-o", "\(dir)/input.elf", "\(dir)/input.o"])
         guard r2.status == 0 else { throw .assemblyFailed(path: name, output: r2.output) }
         let r3 = try Subprocess.run(tc.objcopy, ["-O", "binary", "\(dir)/input.elf", "\(dir)/input.bin"])
         guard r3.status == 0 else { throw .assemblyFailed(path: name, output: r3.output) }

@@ -21,12 +21,22 @@ public struct GuestNeeds: OptionSet, Sendable, Hashable {
     public static let paging = GuestNeeds(rawValue: 1 << 0)
     /// Virtual-8086 mode.
     public static let v86 = GuestNeeds(rawValue: 1 << 1)
+    /// Alignment checking (#AC with CR0.AM, EFLAGS.AC, CPL 3).
+    public static let alignmentCheck = GuestNeeds(rawValue: 1 << 2)
 
-    public var names: [String] {
-        var n: [String] = []
-        if contains(.paging) { n.append("paging") }
-        if contains(.v86) { n.append("v86") }
-        return n
+    /// Each need with its `@needs` word and the probe feature that tests it.
+    public static let all: [(need: GuestNeeds, word: String, probe: String)] = [
+        (.paging, "paging", KVMProbe.pagingFeature),
+        (.v86, "v86", KVMProbe.v86Feature),
+        (.alignmentCheck, "alignment-check", KVMProbe.alignmentFeature),
+    ]
+
+    public var names: [String] { GuestNeeds.all.filter { contains($0.need) }.map(\.word) }
+
+    /// Parses an `@needs` word.
+    public init?(word: String) {
+        guard let e = GuestNeeds.all.first(where: { $0.word == word }) else { return nil }
+        self = e.need
     }
 }
 
@@ -66,7 +76,7 @@ public enum Harness {
             let missing = unsupportedNeeds(needs, host: host)
             if !missing.isEmpty {
                 backend = try makeInterpreter(memory, initial)
-                reason = "auto: the image needs \(missing.names.joined(separator: ", ")), which this host's KVM (\(host.kvmFlavour)) cannot run"
+                reason = "auto: the image needs \(missing.names.joined(separator: ", ")), which this host's KVM (\(host.kvmFlavour)) cannot run (probed)"
             } else {
                 do {
                     backend = try KVMBackend(memory: memory, devicePath: host.kvmDevice)
@@ -85,10 +95,14 @@ public enum Harness {
         return machine
     }
 
-    /// Needs this host's KVM cannot meet. On PVM hosts paging and V86 mode do not work (measured,
-    /// see the README); elsewhere KVM runs them like hardware.
+    /// Needs this host's KVM cannot meet, found by running the probe guest for each (once per
+    /// process): nothing is assumed from the host's flavour.
     public static func unsupportedNeeds(_ needs: GuestNeeds, host: HostDescription) -> GuestNeeds {
-        host.kvmFlavour == "pvm" ? needs.intersection([.paging, .v86]) : []
+        var missing: GuestNeeds = []
+        for e in GuestNeeds.all where needs.contains(e.need) {
+            if KVMProbe.cachedSupport(e.probe, devicePath: host.kvmDevice) != true { missing.insert(e.need) }
+        }
+        return missing
     }
 
     static func makeInterpreter(_ memory: GuestMemory, _ state: CPUState) throws(HarnessError) -> any ExecutionBackend {

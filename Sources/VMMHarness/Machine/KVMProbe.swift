@@ -26,7 +26,7 @@ public struct ProbeResult: Sendable, Codable {
         }
         for f in features {
             let s = f.supported.map { $0 ? "yes" : "NO " } ?? "n/a"
-            out.append("  \(s)  \(f.name.padding(toLength: 26, withPad: " ", startingAt: 0)) \(f.detail)")
+            out.append("  \(s)  \(f.name.padding(toLength: 30, withPad: " ", startingAt: 0)) \(f.detail)")
         }
         return out.joined(separator: "\n")
     }
@@ -35,11 +35,31 @@ public struct ProbeResult: Sendable, Codable {
 /// Probes the host's KVM with tiny guests, each bounded by a short timeout. Never throws: every
 /// failure becomes a line of the result.
 public enum KVMProbe {
+    public static let faultFeature = "protected-mode fault delivery"
+    public static let intFeature = "protected-mode INT n"
+    public static let iretFeature = "protected-mode IRET"
+    public static let pagingFeature = "32-bit paging"
+    public static let v86Feature = "V86 mode"
+    public static let alignmentFeature = "alignment check (#AC)"
+
+    nonisolated(unsafe) private static var cache: [String: ProbeResult] = [:]
+    private static let cacheLock = NSLock()
+
+    /// Whether `feature` works on the KVM at `devicePath`, probing once per process.
+    public static func cachedSupport(_ feature: String, devicePath: String) -> Bool? {
+        cacheLock.lock()
+        defer { cacheLock.unlock() }
+        if let r = cache[devicePath] { return r.supports(feature) }
+        let r = run(devicePath: devicePath)
+        cache[devicePath] = r
+        return r.supports(feature)
+    }
+
     public static func run(devicePath: String = KVMSystem.defaultPath) -> ProbeResult {
         let host = HostDescription.current(devicePath: devicePath)
         var result = ProbeResult(host: host, advice: host.kvmError, capabilities: [:], features: [])
         guard host.kvmUsable, let sys = try? KVMSystem(path: devicePath) else {
-            for n in ["protected-mode fault delivery", "protected-mode INT n", "protected-mode IRET", "32-bit paging", "V86 mode"] {
+            for n in [faultFeature, intFeature, iretFeature, pagingFeature, v86Feature, alignmentFeature] {
                 result.features.append(.init(name: n, supported: nil, detail: "not tested: KVM is not usable; the interpreter runs everything"))
             }
             return result
@@ -50,17 +70,17 @@ public enum KVMProbe {
         func le(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24)] }
 
         // #UD through the IDT to the runtime's stub.
-        result.features.append(probe("protected-mode fault delivery", [0x0F, 0x0B], devicePath) { r in
+        result.features.append(probe(faultFeature, [0x0F, 0x0B], devicePath) { r in
             r.faults.first?.vector == 0x06 ? (true, "UD2 reached the #UD stub") : (false, summary(r))
         })
         // INT 30h: the emulator must deliver a software interrupt in protected mode.
-        result.features.append(probe("protected-mode INT n", [0xCD, 0x30, 0xF4], devicePath) { r in
+        result.features.append(probe(intFeature, [0xCD, 0x30, 0xF4], devicePath) { r in
             if r.faults.first?.vector == 0x30 { return (true, "INT 30h reached its stub") }
             if r.exit.reason == .emulationFailure { return (false, "emulation failure at INT 30h; the harness finishes INT n with the interpreter (instruction assist)") }
             return (false, summary(r))
         })
         // PUSHFD; PUSH CS; PUSH target; IRETD; target: HLT
-        result.features.append(probe("protected-mode IRET", [0x9C, 0x0E, 0x68] + le(base + 8) + [0xCF, 0xF4], devicePath) { r in
+        result.features.append(probe(iretFeature, [0x9C, 0x0E, 0x68] + le(base + 8) + [0xCF, 0xF4], devicePath) { r in
             if r.exit.reason == .halt { return (true, "IRETD to the same ring returned to HLT") }
             if r.exit.reason == .emulationFailure { return (false, "emulation failure at IRETD; the harness resumes faults without IRET and assists guest IRETs") }
             return (false, summary(r))
@@ -71,16 +91,23 @@ public enum KVMProbe {
         paging += [UInt8](repeating: 0, count: 0x1000 - paging.count)
         paging += le((base + 0x2000) | 3) + [UInt8](repeating: 0, count: 0x1000 - 4)
         for i in 0..<1024 { paging += le(UInt32(i) << 12 | 3) }
-        result.features.append(probe("32-bit paging", paging, devicePath) { r in
+        result.features.append(probe(pagingFeature, paging, devicePath) { r in
             if r.exit.reason == .halt { return (true, "CR0.PG with a 4 KiB page table ran to HLT") }
-            if r.exit.reason == .shutdown { return (false, "setting CR0.PG shut the VM down; the interpreter runs paging guests") }
-            return (false, summary(r))
+            return (false, "\(summary(r)); the interpreter runs paging guests")
         })
         // V86: start at 0800:0000 with EFLAGS.VM and execute UD2; the #UD frame must have VM set.
-        result.features.append(probe("V86 mode", [0xF4], devicePath, v86: true) { r in
+        result.features.append(probe(v86Feature, [0xF4], devicePath, v86: true) { r in
             guard let f = r.faults.first else { return (false, summary(r)) }
             if f.eflags & EFlags.vm != 0 { return (true, "#UD from V86 code arrived with EFLAGS.VM set") }
             return (false, "EFLAGS.VM was not honoured (the fault came from protected mode); the interpreter runs V86 guests")
+        })
+        // CR0.AM, then ring 3 with EFLAGS.AC through the control port, then a misaligned load.
+        let ac: [UInt8] = [0x0F, 0x20, 0xC0, 0x0D, 0x00, 0x00, 0x04, 0x00, 0x0F, 0x22, 0xC0,
+                           0xB8, 0x01, 0x00, 0x00, 0x00, 0xB9] + le(base + 0x21) + [0xBA] + le(MemoryMap.ring3StackTop) +
+            [0xBE] + le(EFlags.ac | EFlags.reserved1) + [0xE6, UInt8(Ports.control), 0xA1] + le(0x8_0001) + [0xF4]
+        result.features.append(probe(alignmentFeature, ac, devicePath) { r in
+            if r.faults.first?.vector == 0x11 { return (true, "a misaligned ring-3 load raised #AC") }
+            return (false, "no #AC (first fault: \(r.faults.first.map { ExceptionNames.name($0.vector) } ?? "none")); the interpreter checks alignment")
         })
         return result
     }

@@ -3,7 +3,7 @@ import Foundation
 /// What a scenario source states about itself, in comment lines:
 ///
 ///     // @description #UD from UD2
-///     // @needs paging v86           (host features; `auto` picks a backend that has them)
+///     // @needs paging v86 alignment-check   (host features; `auto` picks a backend that has them)
 ///     // @expect-fault vector=06 error=0 eip=fault_here   (eip: a symbol or a hex address)
 ///     // @expect-exit halt           (an ExitReason raw value)
 ///     // @expect-reg eax=1234        (final register values, hex)
@@ -39,10 +39,7 @@ public struct Scenario: Sendable {
             case "description":
                 description = args.joined(separator: " ")
             case "needs":
-                for a in args {
-                    if a == "paging" { needs.insert(.paging) }
-                    if a == "v86" { needs.insert(.v86) }
-                }
+                for a in args { if let n = GuestNeeds(word: a) { needs.insert(n) } }
             case "expect-fault":
                 let kv = Scenario.pairs(args)
                 if let v = kv["vector"].flatMap({ UInt8($0, radix: 16) }) {

@@ -1,0 +1,140 @@
+import CKVM
+import Foundation
+import Testing
+@testable import VMMHarness
+
+@Suite struct KVMStructLayoutTests {
+    @Test func structSizesMatchKvmH() {
+        #expect(MemoryLayout<kvm_regs>.size == 144)
+        #expect(MemoryLayout<kvm_segment>.size == 24)
+        #expect(MemoryLayout<kvm_dtable>.size == 16)
+        #expect(MemoryLayout<kvm_sregs>.size == 312)
+        #expect(MemoryLayout<kvm_userspace_memory_region>.size == 32)
+        #expect(MemoryLayout<kvm_run>.offset(of: \kvm_run.exit_reason) == 8)
+        #expect(MemoryLayout<kvm_run>.offset(of: \kvm_run.immediate_exit) == 1)
+        #expect(MemoryLayout<kvm_run>.offset(of: \kvm_run.kvm_valid_regs) == 288)
+    }
+
+    @Test func requestConstantsAreTheKernelsNumbers() {
+        // _IO(0xAE, 0x00), _IO(0xAE, 0x01), _IO(0xAE, 0x80), _IOW(0xAE, 0x46, struct kvm_userspace_memory_region)
+        #expect(ckvm_KVM_GET_API_VERSION == 0xAE00)
+        #expect(ckvm_KVM_CREATE_VM == 0xAE01)
+        #expect(ckvm_KVM_RUN == 0xAE80)
+        #expect(ckvm_KVM_SET_USER_MEMORY_REGION == 0x4020_AE46)
+        #expect(ckvm_KVM_GET_REGS == 0x8090_AE81)
+        #expect(ckvm_KVM_SET_SREGS == 0x4138_AE84)
+    }
+}
+
+@Suite struct KVMExitDecodingTests {
+    /// A zeroed, page-sized kvm_run to fill in by hand.
+    final class FakeRun {
+        let size = 4096
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        init() { raw.initializeMemory(as: UInt8.self, repeating: 0, count: size) }
+        deinit { raw.deallocate() }
+        var run: UnsafeMutablePointer<kvm_run> { raw.assumingMemoryBound(to: kvm_run.self) }
+        func decode() -> GuestExit { KVMRunArea.decode(run: UnsafePointer(run), mappingSize: size) }
+    }
+
+    @Test func ioOutCarriesPortAndData() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_IO)
+        f.run.pointee.io.direction = ckvm_KVM_EXIT_IO_OUT
+        f.run.pointee.io.size = 1
+        f.run.pointee.io.port = 0x86
+        f.run.pointee.io.count = 1
+        f.run.pointee.io.data_offset = 0x800
+        f.raw.storeBytes(of: UInt8(0x5A), toByteOffset: 0x800, as: UInt8.self)
+        #expect(f.decode() == .portOut(port: 0x86, size: 1, value: 0x5A))
+    }
+
+    @Test func ioWithDataOutsideTheMappingIsRejected() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_IO)
+        f.run.pointee.io.direction = ckvm_KVM_EXIT_IO_OUT
+        f.run.pointee.io.size = 4
+        f.run.pointee.io.data_offset = 4094
+        #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
+    }
+
+    @Test func ioIn() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_IO)
+        f.run.pointee.io.direction = ckvm_KVM_EXIT_IO_IN
+        f.run.pointee.io.size = 2
+        f.run.pointee.io.port = 0x60
+        f.run.pointee.io.data_offset = 0x800
+        #expect(f.decode() == .portIn(port: 0x60, size: 2))
+    }
+
+    @Test func simpleExits() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_HLT)
+        #expect(f.decode() == .halt)
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_SHUTDOWN)
+        if case .shutdown = f.decode() {} else { Issue.record("expected shutdown") }
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_FAIL_ENTRY)
+        f.run.pointee.fail_entry.hardware_entry_failure_reason = 0x21
+        #expect(f.decode() == .failEntry(reason: 0x21))
+        f.run.pointee.exit_reason = 999
+        #expect(f.decode() == .unknown(reason: 999))
+    }
+
+    @Test func mmio() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_MMIO)
+        f.run.pointee.mmio.phys_addr = 0xFFFF_FFFC
+        f.run.pointee.mmio.len = 4
+        f.run.pointee.mmio.is_write = 0
+        #expect(f.decode() == .mmio(address: 0xFFFF_FFFC, isWrite: false, length: 4, data: 0))
+    }
+
+    @Test func emulationFailureCarriesInstructionBytes() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_INTERNAL_ERROR)
+        f.run.pointee.internal.suberror = ckvm_KVM_INTERNAL_ERROR_EMULATION
+        f.run.pointee.internal.ndata = 4
+        withUnsafeMutableBytes(of: &f.run.pointee.internal.data) { b in
+            b.storeBytes(of: UInt64(ckvm_KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES), toByteOffset: 0, as: UInt64.self)
+            b[8] = 2        // insn_size
+            b[9] = 0xCD     // INT 30h
+            b[10] = 0x30
+        }
+        guard case let .internalError(sub, data, bytes) = f.decode() else {
+            Issue.record("expected an internal error")
+            return
+        }
+        #expect(sub == 1 && data.count == 4 && bytes == [0xCD, 0x30])
+    }
+
+    @Test func internalErrorWithoutBytes() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_INTERNAL_ERROR)
+        f.run.pointee.internal.suberror = 3
+        f.run.pointee.internal.ndata = 40   // lies: more than the 16 slots
+        guard case let .internalError(sub, data, bytes) = f.decode() else {
+            Issue.record("expected an internal error")
+            return
+        }
+        #expect(sub == 3 && data.count == 16 && bytes.isEmpty)
+    }
+}
+
+@Suite(.enabled(if: TestSupport.kvmUsable, "needs a /dev/kvm that opens"))
+struct KVMDeviceTests {
+    @Test func opensAndReportsCapabilities() throws {
+        let sys = try KVMSystem()
+        #expect(sys.hasImmediateExit)
+        #expect(try sys.vcpuMmapSize() >= MemoryLayout<kvm_run>.size)
+    }
+
+    @Test func missingDeviceGetsItsOwnMessage() {
+        #expect(throws: HarnessError.kvmUnavailable(path: "/nonexistent/kvm", errno: ENOENT)) {
+            try KVMSystem(path: "/nonexistent/kvm")
+        }
+        let text = KVMDiagnosis.explain(.kvmUnavailable(path: "/dev/kvm", errno: EACCES))
+        #expect(text.contains("permission denied"))
+        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/dev/kvm", errno: ENODEV)).contains("ENODEV"))
+    }
+}

@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+@testable import VMMHarness
+
+/// Shared helpers for the test suite.
+enum TestSupport {
+    /// The package root (tests read guest/ sources from it).
+    static let root: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// Whether /dev/kvm really opens here (not just exists). Tests that need it are gated on this.
+    static let kvmUsable: Bool = {
+        if ProcessInfo.processInfo.environment["VMM_HARNESS_TEST_NO_KVM"] != nil { return false }
+        return (try? KVMSystem()) != nil
+    }()
+
+    /// Why KVM tests are skipped, for the test's comment.
+    static var kvmSkipReason: String {
+        HostDescription.current().kvmError ?? "KVM disabled by VMM_HARNESS_TEST_NO_KVM"
+    }
+
+    static let toolchain: Toolchain? = try? Toolchain.find()
+
+    static func scenarioPaths() -> [String] {
+        let dir = "\(root)/guest/scenarios"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.filter { $0.hasSuffix(".S") }.sorted().map { "\(dir)/\($0)" }
+    }
+
+    static func scenarioNames() -> [String] {
+        scenarioPaths().map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent }
+    }
+
+    /// Cache of assembled scenarios (assembling runs clang and ld.lld).
+    nonisolated(unsafe) private static var images: [String: GuestImage] = [:]
+    private static let lock = NSLock()
+
+    static func scenario(_ name: String) throws -> Scenario {
+        lock.lock()
+        defer { lock.unlock() }
+        if let i = images[name] { return Scenario(image: i) }
+        let i = try GuestImage.load(path: "\(root)/guest/scenarios/\(name).S")
+        images[name] = i
+        return Scenario(image: i)
+    }
+
+    /// Runs an image on the given backend with an optional host fault handler.
+    static func run(_ image: GuestImage, on kind: BackendKind, needs: GuestNeeds = [], timeout: Double = 10,
+                    handling: (any FaultHandling)? = nil) throws -> RunReport {
+        var options = MachineOptions()
+        options.timeout = timeout
+        let m = try Harness.makeMachine(image: image, choice: kind == .kvm ? .kvm : .interpreter, needs: needs,
+                                        options: options, faultHandling: handling)
+        return m.run()
+    }
+}
