@@ -59,6 +59,29 @@ import Testing
         #expect(bad.received == [.sysCriticalInit])
     }
 
+    @Test func deviceFailingDeviceInitIsDroppedWithItsHooks() throws {
+        let vmm = VirtualMachineManager()
+        let flaky = TestDevice("FLAKY") { m, vmm in
+            switch m {
+            case .sysCriticalInit:
+                _ = try? vmm.hookVMMFault(0x06, name: "FLAKY-crit", handler: passOn)
+                return true
+            case .deviceInit:
+                _ = try? vmm.hookVMMFault(0x06, name: "FLAKY-dev", handler: passOn)
+                return false
+            default:
+                return true
+            }
+        }
+        try vmm.register(flaky)
+        try vmm.boot()
+        #expect(flaky.received == [.sysCriticalInit, .deviceInit])
+        // Both hooks were made while FLAKY's control procedure ran: both go (the critical-init one is
+        // relinked out from under the VMM's handler).
+        #expect(vmm.faultChain(0x06).map(\.name) == ["VMM"])
+        #expect(vmm.faultChain(0x06).first?.previous == nil)
+    }
+
     @Test func sysVMInitFailureEndsBoot() throws {
         let vmm = VirtualMachineManager()
         try vmm.register(TestDevice("NOVM") { m, _ in m != .sysVMInit })

@@ -266,6 +266,18 @@ import Testing
             == "A fatal exception 0E has occurred at 0028:00001234 in VxD VMM(01) + 00000234.")
     }
 
+    @Test func vectorsWithoutAChainAreUnhandled() throws {
+        let vmm = VirtualMachineManager()
+        try vmm.boot()
+        for v: UInt8 in [0x02, 0x50, 0xFF] {
+            var frame = sampleFrame()
+            let out = try vmm.dispatchFault(vector: v, frame: &frame, frameAddress: frameAddress,
+                                            entryRegisters: sampleEntryRegisters())
+            #expect(out.trace.visits.isEmpty)
+            #expect(out.result == .unhandled(vmm.fatalExceptionReport(vector: v, frame: frame)))
+        }
+    }
+
     @Test func vmmOwnPolicyCanProcessSomeVectors() throws {
         var config = VMMConfiguration()
         config.ownFaultPolicy = VMMOwnFaultPolicy { v, f in

@@ -51,6 +51,25 @@ public enum VMMPhase: String, Sendable, Codable {
 /// `dispatchFault` per ring-0 fault and `callService` per guest `VMMcall`.
 ///
 /// Not thread-safe; the VMM is single-threaded, as in Windows.
+///
+/// Decisions where the DDK is silent:
+/// - Chains: each hook record keeps the previous handler it was given; dispatch starts at the
+///   newest hook and follows those links. A handler that passes on with no previous left ends the
+///   walk: the fault is unhandled and the result is the Windows fatal-exception report.
+/// - Tiers: hooks made before the VMM installs its own handlers (during Sys_Critical_Init, or
+///   before `boot()`) are `.criticalInit`; later ones are `.postCriticalInit`.
+/// - The VMM's own handlers: one per vector of `VMMOwnFaultPolicy.vectors` (default 00h–4Fh
+///   except 02h), each with its own host-area address, named "VMM"; they pass on by default.
+/// - A device failing Sys_Critical_Init, Device_Init or Init_Complete gets no further messages and
+///   loses every hook it made while its control procedure ran (Unhook semantics, newest first);
+///   the boot log lists them. Hooks it makes later from fault handlers are not tracked.
+/// - Hook_VMM_Fault refuses ESI = 0 (`.nullHandler`, carry set) so "previous = 0" stays unambiguous.
+/// - Register rules: see `RegisterViolation`. Violations are recorded and, unless strict, the next
+///   handler gets the registers as the breaking handler left them (what the CPU would do).
+/// - Async-only: a synchronous service called with a reentrancy count above 0 is reported in
+///   `diagnostics` and the visit's `serviceCalls`, and still runs (the debug VMM reported it).
+/// - Fatal_Error_Handler from a fault handler ends dispatch with `.terminated` once the handler returns.
+/// - Host-area slots are never reused after Unhook_VMM_Fault.
 public final class VirtualMachineManager {
     public var configuration: VMMConfiguration
     /// Reads guest strings for Out_Debug_String and Fatal_Error_Handler.
