@@ -1,0 +1,188 @@
+/// A fault handler broke the register rules of Hook_VMM_Fault.
+///
+/// Processing: EAX, EBX, ECX, EDX, ESI, EDI may change; EBP, ESP and the segment registers must be
+/// as on entry; in EFLAGS the arithmetic flags (CF, PF, AF, ZF, SF, OF) may change, IF must stay
+/// clear and every other bit must be unchanged. Passing on: every register must be exactly as received.
+public struct RegisterViolation: Equatable, Sendable, Codable, CustomStringConvertible, Error {
+    public var handlerName: String
+    public var handlerAddress: FaultHandlerAddress
+    public var register: String
+    public var old: UInt32
+    public var new: UInt32
+    /// What the handler did when it broke the rule.
+    public var disposition: FaultDisposition
+
+    public var description: String {
+        let verb = disposition == .processed ? "processing" : "passing on"
+        return "\(handlerName) at \(handlerAddress) changed \(register) \(vmmHex(old, 8)) -> \(vmmHex(new, 8)) while \(verb) the fault"
+    }
+}
+
+/// A service called while the VMM was handling a fault (or any time, in the VMM's log).
+public struct ServiceCallRecord: Equatable, Sendable, Codable, CustomStringConvertible {
+    public var name: String
+    public var ordinal: UInt16
+    public var isAsynchronous: Bool
+    /// Get_VMM_Reenter_Count at the time of the call.
+    public var reenterCount: UInt32
+    /// Whether this was a synchronous service called with a reentrancy count above 0.
+    public var violatesAsyncRule: Bool { !isAsynchronous && reenterCount > 0 }
+    public var description: String {
+        "\(name) (\(vmmHex(ordinal, 4))h)" + (violatesAsyncRule ? " SYNCHRONOUS, reentrant" : "")
+    }
+}
+
+/// Something the VMM reports without stopping, as the debug VMM printed it.
+public enum VMMDiagnostic: Equatable, Sendable, Codable, CustomStringConvertible {
+    /// A synchronous service was called with the reentrancy count above 0.
+    case synchronousServiceFromFaultHandler(service: String, handler: String?)
+    /// A fault handler broke the register rules (non-strict mode).
+    case registerViolation(RegisterViolation)
+    /// A service argument could not be read.
+    case badServiceArgument(service: String, detail: String)
+    /// End_Reentrant_Execution without a matching Begin_Reentrant_Execution.
+    case unbalancedReentrantExecution
+
+    public var description: String {
+        switch self {
+        case let .synchronousServiceFromFaultHandler(s, h):
+            return "synchronous service \(s) called from a fault handler (reentrant)" + (h.map { " in \($0)" } ?? "")
+        case let .registerViolation(v):
+            return "register rule violated: \(v)"
+        case let .badServiceArgument(s, d):
+            return "\(s): \(d)"
+        case .unbalancedReentrantExecution:
+            return "End_Reentrant_Execution without Begin_Reentrant_Execution"
+        }
+    }
+}
+
+/// One handler visited while dispatching a fault.
+public struct FaultHandlerVisit: Equatable, Sendable, Codable, CustomStringConvertible {
+    public var address: FaultHandlerAddress
+    public var name: String
+    public var tier: FaultHookTier
+    /// "host", "vmm" or "guest".
+    public var kind: String
+    public var disposition: FaultDisposition
+    /// Registers the handler left different from what it received.
+    public var registerChanges: [ValueChange]
+    /// Frame fields the handler changed (`Client_EIP`, ...).
+    public var frameChanges: [ValueChange]
+    public var violations: [RegisterViolation]
+    /// Services it called (Swift services object or guest VMMcall).
+    public var serviceCalls: [ServiceCallRecord]
+
+    public var description: String {
+        var s = "\(address) \(name) [\(tier), \(kind)] \(disposition)"
+        let changes = registerChanges.map(\.description) + frameChanges.map(\.description)
+        if !changes.isEmpty { s += ": " + changes.joined(separator: ", ") }
+        for c in serviceCalls { s += "\n      calls \(c)" }
+        for v in violations { s += "\n      ! \(v)" }
+        return s
+    }
+}
+
+/// Everything that happened for one fault. Codable for the JSON report; `description` for `--trace`.
+public struct FaultDispatchTrace: Equatable, Sendable, Codable, CustomStringConvertible {
+    public var vector: UInt8
+    public var frameAddress: UInt32
+    /// The frame as the fault left it.
+    public var entryFrame: FrameSnapshot
+    public var visits: [FaultHandlerVisit]
+    /// One line: processed by whom, unhandled, terminated or an error.
+    public var outcome: String
+
+    public var description: String {
+        let f = entryFrame.fields
+        var s = "fault \(vmmHex(vector, 2))h at \(vmmHex(f["Client_CS"] ?? 0, 4)):\(vmmHex(f["Client_EIP"] ?? 0, 8))"
+            + " error \(vmmHex(f["Client_Error"] ?? 0, 4)) frame \(vmmHex(frameAddress, 8))"
+        for (i, v) in visits.enumerated() { s += "\n  \(i + 1). \(v)" }
+        s += "\n  => \(outcome)"
+        return s
+    }
+}
+
+/// The Windows "fatal exception" blue screen for a ring-0 fault nobody processed.
+///
+/// Text: `A fatal exception 0D has occurred at 0028:C0013F7A in VxD NAME(01) + 00012F7A.` — vector
+/// as two hex digits, CS:EIP as 4:8 hex digits, then the device whose `codeRange` contains EIP (its
+/// name, its id as two or more hex digits, the offset from the range start as 8 digits). When no
+/// device claims EIP the " in VxD ..." part is left out; the VMM itself is named (`VMM(01)`) when
+/// EIP lies in `VMMConfiguration.vmmCodeRange`.
+public struct FatalExceptionReport: Equatable, Sendable, Codable, CustomStringConvertible, Error {
+    public var vector: UInt8
+    public var cs: UInt16
+    public var eip: UInt32
+    public var errorCode: UInt32
+    /// The device whose code contains EIP, if any.
+    public var deviceName: String?
+    public var deviceID: UInt16?
+    public var offset: UInt32?
+    /// The full frame at the time of the report.
+    public var frame: FrameSnapshot
+    /// The Windows text.
+    public var message: String
+
+    public init(vector: UInt8, frame: ClientRegisters, device: (name: String, id: UInt16, start: UInt32)?) {
+        self.vector = vector
+        cs = frame.cs
+        eip = frame.eip
+        errorCode = frame.error
+        self.frame = FrameSnapshot(frame)
+        deviceName = device?.name
+        deviceID = device?.id
+        offset = device.map { frame.eip &- $0.start }
+        var m = "A fatal exception \(vmmHex(vector, 2)) has occurred at \(vmmHex(frame.cs, 4)):\(vmmHex(frame.eip, 8))"
+        if let d = device, let o = offset {
+            m += " in VxD \(d.name)(\(vmmHex(d.id, 2))) + \(vmmHex(o, 8))"
+        }
+        message = m + "."
+    }
+
+    public var description: String { message + "\n" + frame.description }
+}
+
+/// How a fault ended.
+public enum FaultDispatchResult: Equatable, Sendable, Codable {
+    /// A handler processed it; the faulting code resumes from the (possibly changed) frame.
+    case processed(by: FaultHandlerAddress, name: String)
+    /// Every handler passed it on: the run ends with the fatal-exception report.
+    case unhandled(FatalExceptionReport)
+    /// A handler called Fatal_Error_Handler.
+    case terminated(FatalErrorReport)
+}
+
+/// The result of `dispatchFault`.
+public struct FaultDispatchOutcome: Equatable, Sendable {
+    public var result: FaultDispatchResult
+    public var trace: FaultDispatchTrace
+    /// The registers the last handler left (what the VMM's dispatcher gets back after `call`).
+    public var registers: HandlerRegisters
+}
+
+/// Why dispatch stopped with an error instead of a result.
+public enum FaultDispatchError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A fault was dispatched while a handler was running (handlers run with interrupts disabled
+    /// and the VMM does not nest fault dispatch).
+    case reentrantDispatch(vector: UInt8, activeVector: UInt8)
+    /// Strict mode: a handler broke the register rules.
+    case registerViolation(RegisterViolation, trace: FaultDispatchTrace)
+    /// A guest handler is in the chain but the VMM has no `GuestFaultCallout`.
+    case noGuestCallout(handler: FaultHandlerAddress, trace: FaultDispatchTrace)
+    /// The guest callout failed.
+    case guestCallout(HarnessError, handler: FaultHandlerAddress, trace: FaultDispatchTrace)
+
+    public var description: String {
+        switch self {
+        case let .reentrantDispatch(v, a):
+            return "fault \(vmmHex(v, 2))h raised while dispatching fault \(vmmHex(a, 2))h (nested fault dispatch)"
+        case let .registerViolation(v, _):
+            return "register rule violated: \(v)"
+        case let .noGuestCallout(h, _):
+            return "guest fault handler \(h) cannot be called: no guest callout"
+        case let .guestCallout(e, h, _):
+            return "guest fault handler \(h): \(e)"
+        }
+    }
+}
