@@ -47,18 +47,23 @@ struct Run: ParsableCommand {
     @Flag(help: "Show each fault's dispatch through the handler chains.")
     var trace = false
 
+    @Flag(help: "Make register-rule violations by fault handlers end the run (exit code 7).")
+    var strict = false
+
+    @Option(name: .customLong("device"), help: "Load a built-in Swift sample device (repeatable): \(SampleDevices.names.joined(separator: ", ")).")
+    var devices: [String] = []
+
     func run() throws {
         let image: GuestImage
         do { image = try GuestImage.load(path: file) } catch { fail(error.description, code: 1) }
         let scenario = Scenario(image: image)
-        var options = MachineOptions()
-        options.timeout = backendOptions.timeout
-        let machine: Machine
-        do {
-            machine = try Harness.makeMachine(image: image, choice: backendOptions.backend, needs: scenario.needs,
-                                              options: options, faultHandling: nil)
-        } catch { fail(error.description, code: 2) }
-        let report = machine.run()
+        var config = RunConfiguration()
+        config.backend = backendOptions.backend
+        config.options.timeout = backendOptions.timeout
+        config.strictRegisterRules = strict
+        config.devices = devices
+        let report: RunReport
+        do { report = try Harness.run(scenario, configuration: config) } catch { fail(error.description, code: 2) }
         if json {
             let enc = JSONEncoder()
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -33,27 +33,10 @@ public protocol FaultHandling: AnyObject {
 public struct FaultDetails: Sendable, Codable, Equatable {
     /// Human-readable lines (the `--trace` listing).
     public var trace: [String] = []
-    /// Structured visits of the dispatch (handler, tier, outcome, changes), when a VMM handled it.
-    public var visits: [HandlerVisitRecord] = []
+    /// The VMM's dispatch of this fault: each handler visited, its tier, processed or passed on,
+    /// what it changed, rule violations and service calls.
+    public var dispatch: FaultDispatchTrace?
     public init() {}
-}
-
-/// One handler visited while a fault was dispatched (for JSON).
-public struct HandlerVisitRecord: Sendable, Codable, Equatable {
-    public var handler: String
-    public var address: UInt32
-    public var tier: String
-    public var outcome: String
-    public var changes: [String]
-    public var violations: [String]
-    public init(handler: String, address: UInt32, tier: String, outcome: String, changes: [String], violations: [String]) {
-        self.handler = handler
-        self.address = address
-        self.tier = tier
-        self.outcome = outcome
-        self.changes = changes
-        self.violations = violations
-    }
 }
 
 /// A `FaultHandling` built from a closure; returning false leaves the fault unhandled.

@@ -123,6 +123,7 @@ public final class Machine {
         if let s = try? backend.readState() { report.finalRegisters = RegisterSnapshot(s) }
         let (reason, message) = finished ?? (.halt, "")
         report.exit = .init(reason: reason, message: message, exitCode: reason.exitCode)
+        if let v = faultHandling as? VMMFaultHandling { report.vmm = v.summary }
         let st = backend.statistics
         report.statistics = .init(instructions: st.instructions, backendRuns: st.runs, assists: st.assists,
                                   wallSeconds: Double(end - start) / 1e9)
@@ -257,7 +258,7 @@ public final class Machine {
                                  eflags: event.frame.eflags, ring: event.ring, frameAddress: event.frameAddress,
                                  symbol: image.symbolize(event.frame.eip).map { $0.offset == 0 ? $0.name : "\($0.name)+\(hex($0.offset, width: 1, prefix: "0x"))" },
                                  outcome: "", handledBy: "", resumeCS: nil, resumeEIP: nil,
-                                 frame: nil, details: details.trace.isEmpty && details.visits.isEmpty ? nil : details)
+                                 frame: nil, details: details.trace.isEmpty && details.dispatch == nil ? nil : details)
         if options.recordFrames { record.frame = Machine.frameDictionary(frame) }
         defer {
             if report.faults.count < options.maxRecordedFaults { report.faults.append(record) }

@@ -23,6 +23,9 @@ public enum ExitReason: String, Sendable, Codable, Equatable {
     /// Anything else the backend reported (unknown exit, internal error).
     case backendError
 
+    /// A fault handler broke a rule in strict mode, or could not be run.
+    case handlerError
+
     /// The process exit code for this ending.
     public var exitCode: Int32 {
         switch self {
@@ -31,6 +34,7 @@ public enum ExitReason: String, Sendable, Codable, Equatable {
         case .timeout: return 4
         case .faultStorm: return 5
         case .shutdown, .failEntry, .emulationFailure, .mmio, .invalidResume, .backendError: return 6
+        case .handlerError: return 7
         }
     }
 }
@@ -95,6 +99,8 @@ public struct RunReport: Sendable, Codable {
     public var exit: ExitReport
     public var finalRegisters: RegisterSnapshot?
     public var statistics: RunStatistics
+    /// The VMM's boot log, diagnostics and debug output (when a VMM handled the faults).
+    public var vmm: VMMSummary?
 
     public struct ExitReport: Sendable, Codable {
         public var reason: ExitReason

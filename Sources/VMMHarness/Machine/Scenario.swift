@@ -7,6 +7,7 @@ import Foundation
 ///     // @expect-fault vector=06 error=0 eip=fault_here   (eip: a symbol or a hex address)
 ///     // @expect-exit halt           (an ExitReason raw value)
 ///     // @expect-reg eax=1234        (final register values, hex)
+///     // @devices late-observer critical-fixer   (built-in Swift sample devices to load)
 public struct Scenario: Sendable {
     public struct FaultExpectation: Sendable, Equatable {
         public var vector: UInt8
@@ -21,6 +22,8 @@ public struct Scenario: Sendable {
     public var faults: [FaultExpectation]
     public var exit: ExitReason?
     public var registers: [String: UInt32]
+    /// Built-in Swift sample devices the scenario wants loaded (`@devices name ...`, see `SampleDevices`).
+    public var devices: [String]
 
     public init(image: GuestImage) {
         self.image = image
@@ -29,6 +32,7 @@ public struct Scenario: Sendable {
         faults = []
         exit = nil
         registers = [:]
+        devices = []
         for raw in (image.source ?? "").split(separator: "\n") {
             let line = raw.trimmingCharacters(in: .whitespaces)
             guard let at = line.range(of: "@") else { continue }
@@ -45,6 +49,8 @@ public struct Scenario: Sendable {
                 if let v = kv["vector"].flatMap({ UInt8($0, radix: 16) }) {
                     faults.append(FaultExpectation(vector: v, errorCode: kv["error"].flatMap { UInt32($0, radix: 16) }, eip: kv["eip"]))
                 }
+            case "devices":
+                devices += args
             case "expect-exit":
                 exit = args.first.flatMap(ExitReason.init(rawValue:))
             case "expect-reg":
