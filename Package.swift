@@ -25,6 +25,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The README's example program, built with the package so it cannot rot.
+        .executableTarget(name: "readme-example", dependencies: ["VMMHarness"], path: "Examples/ReadmeExample"),
         .testTarget(name: "VMMHarnessTests", dependencies: ["VMMHarness", "CKVM"]),
     ],
     swiftLanguageModes: [.v6]
