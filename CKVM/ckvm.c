@@ -20,6 +20,7 @@ const unsigned long ckvm_KVM_SET_REGS = KVM_SET_REGS;
 const unsigned long ckvm_KVM_GET_SREGS = KVM_GET_SREGS;
 const unsigned long ckvm_KVM_SET_SREGS = KVM_SET_SREGS;
 const unsigned long ckvm_KVM_NMI = KVM_NMI;
+const unsigned long ckvm_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 
 const int ckvm_KVM_CAP_SYNC_REGS = KVM_CAP_SYNC_REGS;
 const int ckvm_KVM_CAP_IMMEDIATE_EXIT = KVM_CAP_IMMEDIATE_EXIT;
@@ -33,6 +34,8 @@ const uint32_t ckvm_KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES =
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
 const uint8_t ckvm_KVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
 const uint8_t ckvm_KVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
+const uint32_t ckvm_KVM_GUESTDBG_ENABLE = KVM_GUESTDBG_ENABLE;
+const uint32_t ckvm_KVM_GUESTDBG_USE_HW_BP = KVM_GUESTDBG_USE_HW_BP;
 const int ckvm_O_RDWR_CLOEXEC = O_RDWR | O_CLOEXEC;
 
 int ckvm_open(const char *path, int flags) { return open(path, flags); }

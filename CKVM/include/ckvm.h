@@ -28,6 +28,7 @@ extern const unsigned long ckvm_KVM_SET_REGS;
 extern const unsigned long ckvm_KVM_GET_SREGS;
 extern const unsigned long ckvm_KVM_SET_SREGS;
 extern const unsigned long ckvm_KVM_NMI;
+extern const unsigned long ckvm_KVM_SET_GUEST_DEBUG;
 
 /* Capabilities and flags used by the project (plain enums in kvm.h import fine; these are macros). */
 extern const int ckvm_KVM_CAP_SYNC_REGS;
@@ -41,6 +42,8 @@ extern const uint32_t ckvm_KVM_INTERNAL_ERROR_EMULATION;
 extern const uint32_t ckvm_KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
 extern const uint8_t ckvm_KVM_EXIT_IO_IN;
 extern const uint8_t ckvm_KVM_EXIT_IO_OUT;
+extern const uint32_t ckvm_KVM_GUESTDBG_ENABLE;
+extern const uint32_t ckvm_KVM_GUESTDBG_USE_HW_BP;
 
 /* Fixed-arity wrappers. Each returns what the syscall returns (-1 with errno set on failure). */
 int ckvm_open(const char *path, int flags);

@@ -29,6 +29,9 @@ public enum MemoryMap {
     /// Host area (guest-visible addresses that stand for host code).
     public static let hostAreaBase: UInt32 = 0x0009_0000
     public static let hostAreaSize: UInt32 = 0x0001_0000
+    /// Where a guest procedure the host calls (a control procedure, a guest FaultProc) returns to:
+    /// the host pushes this address, and the bytes there exit to the host (`Ports.guestCallReturn`).
+    public static let guestCallReturn: UInt32 = 0x0009_F800
     /// Load address of the user image (page aligned).
     public static let imageBase: UInt32 = 0x0010_0000
 }
@@ -55,6 +58,11 @@ public enum Ports {
     public static let control: UInt16 = 0xF0
     /// Debug console: each byte written is appended to the run's console output.
     public static let debugConsole: UInt16 = 0xE9
+    /// Written by the stub at every host-handler slot of the host area: the guest jumped to (or
+    /// called) the guest-visible address of a host (Swift or VMM) handler.
+    public static let hostHandlerEntry: UInt16 = 0xF1
+    /// Written at `MemoryMap.guestCallReturn`: a guest procedure the host called returned.
+    public static let guestCallReturn: UInt16 = 0xF2
 
     /// The vector a fault-stub port stands for, or nil.
     @inline(__always)

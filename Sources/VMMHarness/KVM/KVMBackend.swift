@@ -119,6 +119,10 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
         try vcpu.completePortIn(value: value)
     }
 
+    public func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
+        try vcpu.setHardwareBreakpoints(addresses)
+    }
+
     /// Interrupts a KVM_RUN in progress from another thread (timeouts).
     public func kick() { vcpu.kick() }
 

@@ -77,6 +77,8 @@ public final class KVMRunArea: @unchecked Sendable {
             return .internalError(suberror: ie.suberror, data: data, instructionBytes: bytes)
         case KVM_EXIT_INTR:
             return .interrupted
+        case KVM_EXIT_DEBUG:
+            return .breakpoint(address: UInt32(truncatingIfNeeded: r.debug.arch.pc))
         default:
             return .unknown(reason: r.exit_reason)
         }

@@ -106,6 +106,25 @@ public final class KVMVCPU: @unchecked Sendable {
         _ = try kvmCheck("ioctl(KVM_NMI)", ckvm_ioctl_none(fd, ckvm_KVM_NMI))
     }
 
+    /// `KVM_SET_GUEST_DEBUG` with hardware execution breakpoints in DR0–DR3 (at most 4; an empty
+    /// list turns guest debugging off). A hit exits with KVM_EXIT_DEBUG before the instruction runs.
+    public func setHardwareBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
+        guard addresses.count <= 4 else { throw .invalidArgument("at most 4 hardware breakpoints") }
+        var d = kvm_guest_debug()
+        if !addresses.isEmpty {
+            d.control = ckvm_KVM_GUESTDBG_ENABLE | ckvm_KVM_GUESTDBG_USE_HW_BP
+            var dr7: UInt64 = 0
+            withUnsafeMutableBytes(of: &d.arch.debugreg) { b in
+                for (i, a) in addresses.enumerated() {
+                    b.storeBytes(of: UInt64(a), toByteOffset: i * 8, as: UInt64.self)
+                    dr7 |= 1 << (2 * UInt64(i))   // Ln: local enable; R/W = 00 (execute), LEN = 00
+                }
+                b.storeBytes(of: dr7, toByteOffset: 7 * 8, as: UInt64.self)
+            }
+        }
+        _ = try kvmCheck("ioctl(KVM_SET_GUEST_DEBUG)", ckvm_ioctl_ptr(fd, ckvm_KVM_SET_GUEST_DEBUG, &d))
+    }
+
     // MARK: kicking out of KVM_RUN (timeouts)
 
     /// Remembers the calling thread as the one that runs this vCPU, so `kick()` can interrupt it.

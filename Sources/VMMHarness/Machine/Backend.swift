@@ -25,6 +25,8 @@ public enum GuestExit: Equatable, Sendable {
     case internalError(suberror: UInt32, data: [UInt64], instructionBytes: [UInt8])
     /// The run was interrupted (a signal/immediate exit on KVM, an exhausted budget on the interpreter).
     case interrupted
+    /// Execution reached an address set with `setBreakpoints` (the instruction there has not run).
+    case breakpoint(address: UInt32)
     /// An exit reason the harness does not know (`KVM_EXIT_*` raw value).
     case unknown(reason: UInt32)
 }
@@ -58,4 +60,15 @@ public protocol ExecutionBackend: AnyObject {
     func run(instructionBudget: Int) throws(HarnessError) -> GuestExit
     /// Supplies the value an IN instruction reads (after `.portIn`).
     func completePortIn(value: UInt32) throws(HarnessError)
+    /// Stops execution with `.breakpoint` before the instruction at any of `addresses` (linear,
+    /// at most 4, like the debug registers) runs. An empty list clears them. Used to see a guest
+    /// fault handler jump to its previous handler.
+    func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError)
+}
+
+extension ExecutionBackend {
+    /// Backends without breakpoint support refuse them.
+    public func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
+        guard addresses.isEmpty else { throw .unsupported("breakpoints on the \(kind.rawValue) backend") }
+    }
 }

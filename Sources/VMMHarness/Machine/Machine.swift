@@ -51,7 +51,12 @@ public final class Machine {
     private var report: RunReport
     private var lastFault: (vector: UInt8, frame: ClientRegisters)?
     private var stormCount = 0
-    private var finished: (ExitReason, String)?
+    /// Set when the run has ended (it may end during the VMM's boot, in a guest control procedure).
+    public private(set) var finished: (reason: ExitReason, message: String)?
+    private var startTime: UInt64?
+    private var deadline: UInt64?
+    private let watchdog = Watchdog()
+    private var guestCallDepth = 0
 
     /// Loads the runtime and `image` into `memory` and sets the initial CPU state on `backend`.
     public init(image: GuestImage, memory: GuestMemory, backend: any ExecutionBackend, backendReport: BackendReport,
@@ -68,6 +73,15 @@ public final class Machine {
         do {
             try memory.writeBytes(MemoryMap.runtimeBase, RuntimeImage.bytes)
             try memory.writeBytes(image.base, image.bytes)
+            // Host area: every host-handler slot holds `OUT F1h; HLT`, so a guest jump to a Swift
+            // or VMM handler's address exits to the host; the guest-call return address holds
+            // `OUT F2h; HLT`.
+            var slot = MemoryMap.hostAreaBase
+            while slot < MemoryMap.guestCallReturn {
+                try memory.writeBytes(slot, [0xE6, UInt8(Ports.hostHandlerEntry), 0xF4])
+                slot += 16
+            }
+            try memory.writeBytes(MemoryMap.guestCallReturn, [0xE6, UInt8(Ports.guestCallReturn), 0xF4])
         } catch { throw .memory(error) }
         try backend.writeState(Machine.initialState(entry: image.entry, layout: layout))
         report = RunReport(image: image.name, backend: backendReport,
@@ -98,25 +112,11 @@ public final class Machine {
 
     /// Runs the guest until it halts, a fault goes unhandled, the timeout expires or something breaks.
     public func run() -> RunReport {
-        let start = DispatchTime.now().uptimeNanoseconds
-        let deadline = options.timeout.map { start + UInt64($0 * 1e9) }
-        let watchdog = Watchdog()
-        if let timeout = options.timeout, let kvm = backend as? KVMBackend {
-            watchdog.arm(after: timeout) { kvm.kick() }
-        }
+        startClock()
+        let start = startTime ?? DispatchTime.now().uptimeNanoseconds
         defer { watchdog.cancel() }
         while finished == nil {
-            let exit: GuestExit
-            do {
-                exit = try backend.run(instructionBudget: options.sliceInstructions)
-            } catch {
-                finish(.backendError, error.description)
-                break
-            }
-            if case .interrupted = exit, let deadline, DispatchTime.now().uptimeNanoseconds >= deadline {
-                finish(.timeout, "the run did not finish within \(options.timeout ?? 0) s")
-                break
-            }
+            guard let exit = runOnce() else { break }
             handle(exit)
         }
         let end = DispatchTime.now().uptimeNanoseconds
@@ -130,7 +130,35 @@ public final class Machine {
         return report
     }
 
-    private func finish(_ reason: ExitReason, _ message: String) {
+    /// Starts the timeout clock (at the first guest code run: the VMM's boot or `run()`).
+    private func startClock() {
+        guard startTime == nil else { return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        startTime = now
+        deadline = options.timeout.map { now + UInt64($0 * 1e9) }
+        if let timeout = options.timeout, let kvm = backend as? KVMBackend {
+            watchdog.arm(after: timeout) { kvm.kick() }
+        }
+    }
+
+    /// One backend run; nil (with the run finished) on a backend error or when the time is up.
+    private func runOnce() -> GuestExit? {
+        let exit: GuestExit
+        do {
+            exit = try backend.run(instructionBudget: options.sliceInstructions)
+        } catch {
+            finish(.backendError, error.description)
+            return nil
+        }
+        if case .interrupted = exit, let deadline, DispatchTime.now().uptimeNanoseconds >= deadline {
+            finish(.timeout, "the run did not finish within \(options.timeout ?? 0) s")
+            return nil
+        }
+        return exit
+    }
+
+    /// Ends the run (the first reason wins).
+    func finish(_ reason: ExitReason, _ message: String) {
         if finished == nil { finished = (reason, message) }
     }
 
@@ -144,6 +172,9 @@ public final class Machine {
                 handleControl()
             } else if port == Ports.debugConsole {
                 report.console.unicodeScalars.append(Unicode.Scalar(UInt8(truncatingIfNeeded: value)))
+            } else if port == Ports.hostHandlerEntry || port == Ports.guestCallReturn {
+                let eip = (try? backend.readState().eip).map { hex($0 &- 2) } ?? "?"
+                finish(.invalidResume, "the guest reached the host address \(eip) outside a call from the host")
             }
             // Other ports: writes are ignored (no devices).
         case .portIn:
@@ -162,8 +193,95 @@ public final class Machine {
         case let .mmio(address, isWrite, length, _):
             let where_ = (try? backend.readState()).map { " at EIP \(hex($0.eip))" } ?? ""
             finish(.mmio, "the guest \(isWrite ? "wrote" : "read") \(length) byte(s) at guest-physical \(hex(address, width: 8)), where there is no memory\(where_)")
+        case let .breakpoint(address):
+            finish(.backendError, "unexpected breakpoint at \(hex(address))")
         case let .unknown(reason):
             finish(.backendError, "unknown exit reason \(reason)")
+        }
+    }
+
+    // MARK: calling guest procedures from the host
+
+    /// How a guest procedure the host called ended.
+    public enum GuestCallEnd: Sendable, Equatable {
+        /// It returned with a near RET (to `MemoryMap.guestCallReturn`).
+        case returned
+        /// It jumped to `previous` (a fault handler passing the fault on).
+        case reachedPrevious
+    }
+
+    /// Calls guest code at `entry` as `call entry` would, from the host: `state` with the return
+    /// address `MemoryMap.guestCallReturn` pushed on its stack. Runs until the procedure returns,
+    /// or reaches `previous` (a guest address, caught with a breakpoint, or a host-handler
+    /// address, which exits by itself). VMMcalls made meanwhile are served; a fault or HLT inside
+    /// the procedure, or the timeout, is an error. The CPU state from before the call is restored
+    /// afterwards; the state at the end of the procedure is returned (with ESP as before the
+    /// return address was pushed, when it reached `previous`).
+    public func callGuest(_ entry: UInt32, state: CPUState, previous: UInt32?, purpose: String)
+        throws(HarnessError) -> (end: GuestCallEnd, state: CPUState)
+    {
+        guard finished == nil else { throw .guestProtocol("\(purpose): the run has already ended") }
+        guard guestCallDepth < 8 else { throw .guestProtocol("\(purpose): guest calls nested too deeply") }
+        startClock()
+        let saved = try backend.readState()
+        var s = state
+        s.esp &-= 4
+        do { try memory.write32(s.esp &+ s.ss.base, MemoryMap.guestCallReturn) } catch {
+            throw .guestProtocol("\(purpose): the stack at \(hex(s.esp)) is outside guest memory")
+        }
+        s.eip = entry
+        try backend.writeState(s)
+        let breakpoints = previous.map { VMMHostArea.isHandlerSlot($0) ? [] : [$0] } ?? []
+        try backend.setBreakpoints(breakpoints)
+        guestCallDepth += 1
+        defer {
+            guestCallDepth -= 1
+            try? backend.setBreakpoints([])
+            try? backend.writeState(saved)
+        }
+        while true {
+            guard let exit = runOnce() else {
+                throw .guestProtocol("\(purpose): \(finished?.message ?? "stopped")")
+            }
+            switch exit {
+            case let .portOut(port, _, _) where port == Ports.guestCallReturn:
+                var st = try backend.readState()
+                guard st.eip == MemoryMap.guestCallReturn &+ 2 else { continue }
+                st.eip = MemoryMap.guestCallReturn
+                return (.returned, st)
+            case let .portOut(port, _, _) where port == Ports.hostHandlerEntry:
+                var st = try backend.readState()
+                let address = st.eip &- 2
+                guard let previous, address == previous else {
+                    throw .guestProtocol("\(purpose) jumped to the host handler at \(hex(address)), which is not its previous handler")
+                }
+                st.eip = address
+                st.esp &+= 4   // the return address of the call is still on the stack
+                return (.reachedPrevious, st)
+            case let .breakpoint(address):
+                var st = try backend.readState()
+                guard let previous, address == previous else {
+                    throw .guestProtocol("\(purpose): unexpected breakpoint at \(hex(address))")
+                }
+                st.esp &+= 4
+                return (.reachedPrevious, st)
+            case let .portOut(port, _, _) where Ports.vector(forPort: port) != nil:
+                let vector = Ports.vector(forPort: port) ?? 0
+                if vector == 0x20 {
+                    handleFault(vector: vector)     // VMMcall from the procedure
+                    if let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
+                    continue
+                }
+                let where_ = (try? readFault(vector: vector)).map { " at \(hex($0.frame.cs, width: 4, prefix: "")):\(hex($0.frame.eip, prefix: ""))" } ?? ""
+                throw .guestProtocol("\(ExceptionNames.name(vector)) inside \(purpose)\(where_)")
+            case .halt:
+                throw .guestProtocol("\(purpose) executed HLT")
+            case .interrupted:
+                continue
+            default:
+                handle(exit)
+                if let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
+            }
         }
     }
 
