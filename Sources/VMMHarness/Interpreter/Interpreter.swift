@@ -82,7 +82,6 @@ struct DecodeCacheEntry {
     var hi: UInt64 = 0
     var maskLo: UInt64 = 0
     var maskHi: UInt64 = 0
-    var ins = DecodedInstruction()
 }
 
 /// One TLB entry (direct mapped by linear page number).
@@ -148,6 +147,9 @@ public final class Interpreter {
     var csKind: UInt32 = 2
 
     let cache: UnsafeMutablePointer<DecodeCacheEntry>
+    /// The decoded instructions of the cache entries (same index), and a slot for uncacheable ones.
+    let cacheIns: UnsafeMutablePointer<DecodedInstruction>
+    let scratch: UnsafeMutablePointer<DecodedInstruction>
     static let cacheSize = 8192
     let tlb: UnsafeMutablePointer<TLBEntry>
     static let tlbSize = 256
@@ -175,6 +177,10 @@ public final class Interpreter {
         seg.initialize(repeating: SegmentRegister(), count: 6)
         cache = .allocate(capacity: Interpreter.cacheSize)
         cache.initialize(repeating: DecodeCacheEntry(), count: Interpreter.cacheSize)
+        cacheIns = .allocate(capacity: Interpreter.cacheSize)
+        cacheIns.initialize(repeating: DecodedInstruction(), count: Interpreter.cacheSize)
+        scratch = .allocate(capacity: 1)
+        scratch.initialize(to: DecodedInstruction())
         tlb = .allocate(capacity: Interpreter.tlbSize)
         tlb.initialize(repeating: TLBEntry(), count: Interpreter.tlbSize)
         self.state = state
@@ -184,6 +190,8 @@ public final class Interpreter {
         r.deallocate()
         seg.deallocate()
         cache.deallocate()
+        cacheIns.deallocate()
+        scratch.deallocate()
         tlb.deallocate()
     }
 
@@ -355,18 +363,19 @@ public final class Interpreter {
     // MARK: - Instruction fetch
 
     @inline(__always)
-    func fetch() throws(Fault) -> DecodedInstruction {
+    func fetch() throws(Fault) -> DI {
         let lin = csFlat ? eip : csBase &+ eip
         let phys = paging ? try translate(lin, write: false, user: cpl == 3) : lin
         if UInt64(phys) &+ 16 <= memSize {
-            let e = cache + Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+            let idx = Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+            let e = cache + idx
             if e.pointee.tag == phys && e.pointee.kind == csKind {
                 let lo = mem.loadUnaligned(fromByteOffset: Int(phys), as: UInt64.self)
                 if (lo & e.pointee.maskLo) == e.pointee.lo {
                     if e.pointee.maskHi == 0
                         || (mem.loadUnaligned(fromByteOffset: Int(phys) + 8, as: UInt64.self) & e.pointee.maskHi) == e.pointee.hi {
-                        if csFlat || UInt64(eip) + UInt64(e.pointee.ins.length) - 1 <= UInt64(csLimit) {
-                            return e.pointee.ins
+                        if csFlat || UInt64(eip) + UInt64(cacheIns[idx].length) - 1 <= UInt64(csLimit) {
+                            return UnsafePointer(cacheIns + idx)
                         }
                     }
                 }
@@ -375,7 +384,7 @@ public final class Interpreter {
         return try slowFetch()
     }
 
-    func slowFetch() throws(Fault) -> DecodedInstruction {
+    func slowFetch() throws(Fault) -> DI {
         var buf: (UInt64, UInt64) = (0, 0)
         var avail = 0
         var pending: Fault? = nil
@@ -401,11 +410,13 @@ public final class Interpreter {
         case .success(let d):
             let lin = csBase &+ eip
             if (!paging || (lin & 0xFFF) + UInt32(d.length) <= 0x1000) {
-                if let phys = try? translate(lin, write: false, user: user), UInt64(phys) + 16 <= memSize {
-                    fillCache(phys: phys, d)
+                let phys: UInt32? = paging ? try? translate(lin, write: false, user: user) : lin
+                if let phys, UInt64(phys) + 16 <= memSize {
+                    return fillCache(phys: phys, d)
                 }
             }
-            return d
+            scratch.pointee = d
+            return UnsafePointer(scratch)
         case .failure(.invalidOpcode):
             throw .ud
         case .failure(.tooLong):
@@ -415,8 +426,9 @@ public final class Interpreter {
         }
     }
 
-    func fillCache(phys: UInt32, _ d: DecodedInstruction) {
-        let e = cache + Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+    func fillCache(phys: UInt32, _ d: DecodedInstruction) -> DI {
+        let idx = Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+        let e = cache + idx
         let len = Int(d.length)
         let mlo: UInt64 = len >= 8 ? ~0 : (UInt64(1) << UInt64(len * 8)) &- 1
         let mhi: UInt64 = len <= 8 ? 0 : (len >= 16 ? ~0 : (UInt64(1) << UInt64((len - 8) * 8)) &- 1)
@@ -426,7 +438,8 @@ public final class Interpreter {
         e.pointee.maskHi = mhi
         e.pointee.lo = mem.loadUnaligned(fromByteOffset: Int(phys), as: UInt64.self) & mlo
         e.pointee.hi = mem.loadUnaligned(fromByteOffset: Int(phys) + 8, as: UInt64.self) & mhi
-        e.pointee.ins = d
+        cacheIns[idx] = d
+        return UnsafePointer(cacheIns + idx)
     }
 
     // MARK: - Exception delivery with double/triple fault rules
@@ -478,7 +491,7 @@ public final class Interpreter {
         //       inc edi; cmp edi,ebp; jne loop; hlt
         let code: [UInt8] = [
             0x01, 0xD8, 0x31, 0xC1, 0x01, 0x06, 0x2B, 0x56, 0x04, 0x81, 0xE3, 0xFF, 0xFF, 0xFF, 0x7F,
-            0x47, 0x39, 0xEF, 0x75, 0xEE, 0xF4,
+            0x47, 0x39, 0xEF, 0x75, 0xEC, 0xF4,
         ]
         try? memory.writeBytes(0x1000, code)
         var s = CPUState()
