@@ -386,7 +386,7 @@ extension Interpreter {
             return
         }
         flags |= EFlags.zf
-        let v: UInt32 = lsl ? desc.limit : UInt32(truncatingIfNeeded: desc.raw >> 32) & 0x00F0_FF00
+        let v: UInt32 = lsl ? desc.limit : UInt32(truncatingIfNeeded: desc.raw >> 32) & 0x00FF_FF00  // bits 19:16 as hardware returns them
         setReg(d.operandSize, d.reg, v)
     }
 }
