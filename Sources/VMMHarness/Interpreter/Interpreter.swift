@@ -458,6 +458,7 @@ public final class Interpreter {
     /// address), applying the double-fault and triple-fault rules (SDM vol. 3A, 6.15, table 6-5).
     func deliverException(_ first: X86Exception) -> InterpreterStop? {
         var x = first
+        var chain: [X86Exception] = []
         while true {
             do throws(Fault) {
                 try deliver(vector: x.vector, errorCode: x.errorCode, software: false, external: true, returnEIP: eip)
@@ -466,12 +467,16 @@ public final class Interpreter {
                 switch error {
                 case .stop(let s): return s
                 case .exception(let x2):
+                    chain.append(x)
                     if x.vector == 8 {
-                        return .shutdown(reason: "triple fault: \(x2) while delivering #DF")
+                        chain.append(x2)
+                        let path = chain.map { $0.description }.joined(separator: " -> ")
+                        return .shutdown(reason: "triple fault: \(path) (fault while delivering #DF)")
                     }
                     let c1 = Interpreter.exceptionClass(x.vector)
                     let c2 = Interpreter.exceptionClass(x2.vector)
                     if (c1 == .contributory && c2 == .contributory) || (c1 == .pageFault && c2 != .benign) {
+                        chain.append(x2)
                         x = X86Exception(vector: 8, errorCode: 0)
                     } else {
                         x = x2

@@ -45,7 +45,8 @@ extension Interpreter {
                 sys.cr3 = v
                 flushTLB()
             default:
-                if v & ~UInt32(0x0000_00FF) != 0 { throw .gp(0) }
+                // Bits beyond PGE and PAE (PAE paging is not implemented) are #GP(0).
+                if v & ~UInt32(0x0000_00DF) != 0 { throw .gp(0) }
                 sys.cr4 = v
                 controlChanged()
             }
