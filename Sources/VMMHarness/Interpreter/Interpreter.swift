@@ -110,7 +110,15 @@ struct TLBEntry {
 ///   are not supported (#GP with the gate's error code).
 /// - External interrupts are delivered when `deliverExternalInterrupt` is called; the caller
 ///   decides whether IF allows it.
-/// - Page-table entries outside guest memory read as zero (not present).
+/// - Page-table entries outside guest memory read as zero (not present). PAE is not implemented:
+///   setting CR4.PAE is #GP(0). Real mode is not supported: clearing CR0.PE is #GP(0).
+/// - Faults undo the instruction's register effects (EIP back at it, ESP unchanged); a
+///   read-modify-write checks the write before it reads. REP string instructions commit per
+///   iteration (restartable) and yield every 1024 iterations with EIP still at them.
+/// - Not modelled: the STI/MOV SS interrupt shadow, RF, debug-register breakpoints, the TSS I/O
+///   bitmap, call gates (far CALL/JMP through a gate is #GP(selector)), hardware task switching.
+/// - Self-modifying code is always seen: every decode-cache hit compares the cached bytes with
+///   memory, so writes by the guest or by the host are both picked up.
 public final class Interpreter {
     public let memory: GuestMemory
     let mem: UnsafeMutableRawPointer
