@@ -99,6 +99,17 @@ private func le(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xFF), UInt8((v >> 8) & 0xF
         #expect(b.statistics.instructions == 103 && b.statistics.runs == 3)
     }
 
+    @Test func stiShadow() throws {
+        let m = try TestMachine(code: [0xFB, 0x90, 0x90, 0xFB, 0xF4])
+        #expect(m.cpu.step() == nil)
+        #expect(m.cpu.interruptsInhibited)
+        #expect(m.cpu.step() == nil)
+        #expect(!m.cpu.interruptsInhibited)
+        #expect(m.cpu.step() == nil)
+        #expect(m.cpu.step() == nil)  // STI with IF already set: no shadow
+        #expect(!m.cpu.interruptsInhibited)
+    }
+
     @Test func externalInterruptDelivery() throws {
         let m = try TestMachine(code: [0xEB, 0xFE]) { s in s.eflags = 0x202 }
         #expect(m.run(10) == .budgetExhausted)

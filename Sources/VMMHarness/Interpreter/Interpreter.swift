@@ -115,7 +115,7 @@ struct TLBEntry {
 /// - Faults undo the instruction's register effects (EIP back at it, ESP unchanged); a
 ///   read-modify-write checks the write before it reads. REP string instructions commit per
 ///   iteration (restartable) and yield every 1024 iterations with EIP still at them.
-/// - Not modelled: the STI/MOV SS interrupt shadow, RF, debug-register breakpoints, the TSS I/O
+/// - The STI/MOV SS interrupt shadow is reported by `interruptsInhibited`. Not modelled: RF, debug-register breakpoints, the TSS I/O
 ///   bitmap, call gates (far CALL/JMP through a gate is #GP(selector)), hardware task switching.
 /// - Self-modifying code is always seen: every decode-cache hit compares the cached bytes with
 ///   memory, so writes by the guest or by the host are both picked up.
@@ -173,6 +173,13 @@ public final class Interpreter {
 
     /// Instructions retired (faulting instructions do not count; INT n does).
     public private(set) var instructionsExecuted: UInt64 = 0
+    /// `instructionsExecuted` value up to which external interrupts are inhibited (STI, MOV SS,
+    /// POP SS shadow: the instruction after them completes first).
+    var shadowEnd: UInt64 = 0
+
+    /// Whether external interrupts are inhibited right now by the STI / MOV SS / POP SS shadow
+    /// (SDM vol. 3A, 6.8.3). A virtual PIC should not call `deliverExternalInterrupt` while true.
+    public var interruptsInhibited: Bool { instructionsExecuted < shadowEnd }
 
     /// Creates an interpreter over `memory` starting from `state`.
     public init(memory: GuestMemory, state: CPUState) {

@@ -84,6 +84,7 @@ extension Interpreter {
             let v = try popLocal(&sp, d.operandSize)
             try loadDataSegment(op >> 3, UInt16(truncatingIfNeeded: v))
             r[4] = sp
+            if op == 0x17 { shadowEnd = instructionsExecuted &+ 2 }
         case 0x27, 0x2F, 0x37, 0x3F:
             bcd(op)
         case 0x40...0x47:
@@ -194,6 +195,7 @@ extension Interpreter {
         case 0x8E:
             let v = try readRM(d, 2)
             try loadDataSegment(d.reg, UInt16(truncatingIfNeeded: v))
+            if d.reg == SegmentIndex.ss { shadowEnd = instructionsExecuted &+ 2 }
         case 0x8F:
             // POP r/m: the address is computed with ESP already incremented.
             let s = d.operandSize
@@ -365,6 +367,7 @@ extension Interpreter {
             flags &= ~EFlags.if
         case 0xFB:
             if cpl > iopl { throw .gp(0) }
+            if flags & EFlags.if == 0 { shadowEnd = instructionsExecuted &+ 2 }
             flags |= EFlags.if
         case 0xFC:
             flags &= ~EFlags.df
