@@ -99,6 +99,21 @@ private func le(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xFF), UInt8((v >> 8) & 0xF
         #expect(b.statistics.instructions == 103 && b.statistics.runs == 3)
     }
 
+    @Test func codeSegmentLimitAndHostPatchedCode() throws {
+        // An instruction that ends past CS.limit: #GP(0) at it.
+        let m = try TestMachine(code: [0x90, 0xB8, 1, 0, 0, 0]) { s in s.cs.limit = TestMachine.code + 3 }
+        #expect(stubVector(m.run()) == 13)
+        #expect(m.stack(0) == 0 && m.stack(1) == TestMachine.code + 1)
+        // The host rewrites code the interpreter already decoded: the new bytes run.
+        let h = try TestMachine(code: [0xB8, 1, 0, 0, 0, 0xF4])
+        #expect(h.run() == .halt && h.cpu.state.eax == 1)
+        try h.memory.writeBytes(TestMachine.code + 1, [2])
+        var s = h.cpu.state
+        s.eip = TestMachine.code
+        h.cpu.state = s
+        #expect(h.run() == .halt && h.cpu.state.eax == 2)
+    }
+
     @Test func stiShadow() throws {
         let m = try TestMachine(code: [0xFB, 0x90, 0x90, 0xFB, 0xF4])
         #expect(m.cpu.step() == nil)
