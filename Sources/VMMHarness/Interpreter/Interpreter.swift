@@ -82,7 +82,6 @@ struct DecodeCacheEntry {
     var hi: UInt64 = 0
     var maskLo: UInt64 = 0
     var maskHi: UInt64 = 0
-    var ins = DecodedInstruction()
 }
 
 /// One TLB entry (direct mapped by linear page number).
@@ -111,7 +110,15 @@ struct TLBEntry {
 ///   are not supported (#GP with the gate's error code).
 /// - External interrupts are delivered when `deliverExternalInterrupt` is called; the caller
 ///   decides whether IF allows it.
-/// - Page-table entries outside guest memory read as zero (not present).
+/// - Page-table entries outside guest memory read as zero (not present). PAE is not implemented:
+///   setting CR4.PAE is #GP(0). Real mode is not supported: clearing CR0.PE is #GP(0).
+/// - Faults undo the instruction's register effects (EIP back at it, ESP unchanged); a
+///   read-modify-write checks the write before it reads. REP string instructions commit per
+///   iteration (restartable) and yield every 1024 iterations with EIP still at them.
+/// - The STI/MOV SS interrupt shadow is reported by `interruptsInhibited`. Not modelled: RF, debug-register breakpoints, the TSS I/O
+///   bitmap, call gates (far CALL/JMP through a gate is #GP(selector)), hardware task switching.
+/// - Self-modifying code is always seen: every decode-cache hit compares the cached bytes with
+///   memory, so writes by the guest or by the host are both picked up.
 public final class Interpreter {
     public let memory: GuestMemory
     let mem: UnsafeMutableRawPointer
@@ -148,6 +155,9 @@ public final class Interpreter {
     var csKind: UInt32 = 2
 
     let cache: UnsafeMutablePointer<DecodeCacheEntry>
+    /// The decoded instructions of the cache entries (same index), and a slot for uncacheable ones.
+    let cacheIns: UnsafeMutablePointer<DecodedInstruction>
+    let scratch: UnsafeMutablePointer<DecodedInstruction>
     static let cacheSize = 8192
     let tlb: UnsafeMutablePointer<TLBEntry>
     static let tlbSize = 256
@@ -163,6 +173,13 @@ public final class Interpreter {
 
     /// Instructions retired (faulting instructions do not count; INT n does).
     public private(set) var instructionsExecuted: UInt64 = 0
+    /// `instructionsExecuted` value up to which external interrupts are inhibited (STI, MOV SS,
+    /// POP SS shadow: the instruction after them completes first).
+    var shadowEnd: UInt64 = 0
+
+    /// Whether external interrupts are inhibited right now by the STI / MOV SS / POP SS shadow
+    /// (SDM vol. 3A, 6.8.3). A virtual PIC should not call `deliverExternalInterrupt` while true.
+    public var interruptsInhibited: Bool { instructionsExecuted < shadowEnd }
 
     /// Creates an interpreter over `memory` starting from `state`.
     public init(memory: GuestMemory, state: CPUState) {
@@ -175,6 +192,10 @@ public final class Interpreter {
         seg.initialize(repeating: SegmentRegister(), count: 6)
         cache = .allocate(capacity: Interpreter.cacheSize)
         cache.initialize(repeating: DecodeCacheEntry(), count: Interpreter.cacheSize)
+        cacheIns = .allocate(capacity: Interpreter.cacheSize)
+        cacheIns.initialize(repeating: DecodedInstruction(), count: Interpreter.cacheSize)
+        scratch = .allocate(capacity: 1)
+        scratch.initialize(to: DecodedInstruction())
         tlb = .allocate(capacity: Interpreter.tlbSize)
         tlb.initialize(repeating: TLBEntry(), count: Interpreter.tlbSize)
         self.state = state
@@ -184,6 +205,8 @@ public final class Interpreter {
         r.deallocate()
         seg.deallocate()
         cache.deallocate()
+        cacheIns.deallocate()
+        scratch.deallocate()
         tlb.deallocate()
     }
 
@@ -355,18 +378,19 @@ public final class Interpreter {
     // MARK: - Instruction fetch
 
     @inline(__always)
-    func fetch() throws(Fault) -> DecodedInstruction {
+    func fetch() throws(Fault) -> DI {
         let lin = csFlat ? eip : csBase &+ eip
         let phys = paging ? try translate(lin, write: false, user: cpl == 3) : lin
         if UInt64(phys) &+ 16 <= memSize {
-            let e = cache + Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+            let idx = Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+            let e = cache + idx
             if e.pointee.tag == phys && e.pointee.kind == csKind {
                 let lo = mem.loadUnaligned(fromByteOffset: Int(phys), as: UInt64.self)
                 if (lo & e.pointee.maskLo) == e.pointee.lo {
                     if e.pointee.maskHi == 0
                         || (mem.loadUnaligned(fromByteOffset: Int(phys) + 8, as: UInt64.self) & e.pointee.maskHi) == e.pointee.hi {
-                        if csFlat || UInt64(eip) + UInt64(e.pointee.ins.length) - 1 <= UInt64(csLimit) {
-                            return e.pointee.ins
+                        if csFlat || UInt64(eip) + UInt64(cacheIns[idx].length) - 1 <= UInt64(csLimit) {
+                            return UnsafePointer(cacheIns + idx)
                         }
                     }
                 }
@@ -375,7 +399,7 @@ public final class Interpreter {
         return try slowFetch()
     }
 
-    func slowFetch() throws(Fault) -> DecodedInstruction {
+    func slowFetch() throws(Fault) -> DI {
         var buf: (UInt64, UInt64) = (0, 0)
         var avail = 0
         var pending: Fault? = nil
@@ -401,11 +425,13 @@ public final class Interpreter {
         case .success(let d):
             let lin = csBase &+ eip
             if (!paging || (lin & 0xFFF) + UInt32(d.length) <= 0x1000) {
-                if let phys = try? translate(lin, write: false, user: user), UInt64(phys) + 16 <= memSize {
-                    fillCache(phys: phys, d)
+                let phys: UInt32? = paging ? try? translate(lin, write: false, user: user) : lin
+                if let phys, UInt64(phys) + 16 <= memSize {
+                    return fillCache(phys: phys, d)
                 }
             }
-            return d
+            scratch.pointee = d
+            return UnsafePointer(scratch)
         case .failure(.invalidOpcode):
             throw .ud
         case .failure(.tooLong):
@@ -415,8 +441,9 @@ public final class Interpreter {
         }
     }
 
-    func fillCache(phys: UInt32, _ d: DecodedInstruction) {
-        let e = cache + Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+    func fillCache(phys: UInt32, _ d: DecodedInstruction) -> DI {
+        let idx = Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
+        let e = cache + idx
         let len = Int(d.length)
         let mlo: UInt64 = len >= 8 ? ~0 : (UInt64(1) << UInt64(len * 8)) &- 1
         let mhi: UInt64 = len <= 8 ? 0 : (len >= 16 ? ~0 : (UInt64(1) << UInt64((len - 8) * 8)) &- 1)
@@ -426,7 +453,8 @@ public final class Interpreter {
         e.pointee.maskHi = mhi
         e.pointee.lo = mem.loadUnaligned(fromByteOffset: Int(phys), as: UInt64.self) & mlo
         e.pointee.hi = mem.loadUnaligned(fromByteOffset: Int(phys) + 8, as: UInt64.self) & mhi
-        e.pointee.ins = d
+        cacheIns[idx] = d
+        return UnsafePointer(cacheIns + idx)
     }
 
     // MARK: - Exception delivery with double/triple fault rules
@@ -445,6 +473,7 @@ public final class Interpreter {
     /// address), applying the double-fault and triple-fault rules (SDM vol. 3A, 6.15, table 6-5).
     func deliverException(_ first: X86Exception) -> InterpreterStop? {
         var x = first
+        var chain: [X86Exception] = []
         while true {
             do throws(Fault) {
                 try deliver(vector: x.vector, errorCode: x.errorCode, software: false, external: true, returnEIP: eip)
@@ -453,12 +482,16 @@ public final class Interpreter {
                 switch error {
                 case .stop(let s): return s
                 case .exception(let x2):
+                    chain.append(x)
                     if x.vector == 8 {
-                        return .shutdown(reason: "triple fault: \(x2) while delivering #DF")
+                        chain.append(x2)
+                        let path = chain.map { $0.description }.joined(separator: " -> ")
+                        return .shutdown(reason: "triple fault: \(path) (fault while delivering #DF)")
                     }
                     let c1 = Interpreter.exceptionClass(x.vector)
                     let c2 = Interpreter.exceptionClass(x2.vector)
                     if (c1 == .contributory && c2 == .contributory) || (c1 == .pageFault && c2 != .benign) {
+                        chain.append(x2)
                         x = X86Exception(vector: 8, errorCode: 0)
                     } else {
                         x = x2
@@ -478,7 +511,7 @@ public final class Interpreter {
         //       inc edi; cmp edi,ebp; jne loop; hlt
         let code: [UInt8] = [
             0x01, 0xD8, 0x31, 0xC1, 0x01, 0x06, 0x2B, 0x56, 0x04, 0x81, 0xE3, 0xFF, 0xFF, 0xFF, 0x7F,
-            0x47, 0x39, 0xEF, 0x75, 0xEE, 0xF4,
+            0x47, 0x39, 0xEF, 0x75, 0xEC, 0xF4,
         ]
         try? memory.writeBytes(0x1000, code)
         var s = CPUState()

@@ -2,7 +2,7 @@
 /// instruction before the handler runs; a fault resets it to the instruction (in `stepOne`).
 extension Interpreter {
     @inline(__always)
-    func execute(_ d: DecodedInstruction) throws(Fault) {
+    func execute(_ d: DI) throws(Fault) {
         eip = eip &+ UInt32(d.length)
         if csKind == 1 { eip &= 0xFFFF }
         if d.opcode < 0x100 {
@@ -14,7 +14,7 @@ extension Interpreter {
 
     /// Near jump target check: truncation for 16-bit operand size, CS limit (#GP(0)).
     @inline(__always)
-    func jump(_ target: UInt32, _ d: DecodedInstruction) throws(Fault) {
+    func jump(_ target: UInt32, _ d: DI) throws(Fault) {
         let t = d.operandSize == 2 ? target & 0xFFFF : target
         if !csFlat && t > csLimit { throw .gp(0) }
         eip = t
@@ -26,8 +26,13 @@ extension Interpreter {
     /// Locates a read-modify-write memory operand and checks that both the read and the write
     /// succeed before anything changes. Returns the linear address.
     @inline(__always)
-    func rmwLinear(_ d: DecodedInstruction, _ size: UInt8) throws(Fault) -> UInt32 {
-        let lin = try linear(d.segment, effectiveAddress(d), size, write: true)
+    func rmwLinear(_ d: DI, _ size: UInt8) throws(Fault) -> UInt32 {
+        try rmwLinearAt(d.segment, effectiveAddress(d), size)
+    }
+
+    @inline(__always)
+    func rmwLinearAt(_ segment: UInt8, _ ea: UInt32, _ size: UInt8) throws(Fault) -> UInt32 {
+        let lin = try linear(segment, ea, size, write: true)
         let user = cpl == 3
         if paging {
             let p = try translate(lin, write: true, user: user)
@@ -43,7 +48,7 @@ extension Interpreter {
     }
 
     @inline(__always)
-    func execOneByte(_ d: DecodedInstruction) throws(Fault) {
+    func execOneByte(_ d: DI) throws(Fault) {
         let op = UInt8(truncatingIfNeeded: d.opcode)
         switch op {
         case 0x00, 0x01, 0x08, 0x09, 0x10, 0x11, 0x18, 0x19, 0x20, 0x21, 0x28, 0x29, 0x30, 0x31, 0x38, 0x39:
@@ -79,6 +84,7 @@ extension Interpreter {
             let v = try popLocal(&sp, d.operandSize)
             try loadDataSegment(op >> 3, UInt16(truncatingIfNeeded: v))
             r[4] = sp
+            if op == 0x17 { shadowEnd = instructionsExecuted &+ 2 }
         case 0x27, 0x2F, 0x37, 0x3F:
             bcd(op)
         case 0x40...0x47:
@@ -189,6 +195,7 @@ extension Interpreter {
         case 0x8E:
             let v = try readRM(d, 2)
             try loadDataSegment(d.reg, UInt16(truncatingIfNeeded: v))
+            if d.reg == SegmentIndex.ss { shadowEnd = instructionsExecuted &+ 2 }
         case 0x8F:
             // POP r/m: the address is computed with ESP already incremented.
             let s = d.operandSize
@@ -360,6 +367,7 @@ extension Interpreter {
             flags &= ~EFlags.if
         case 0xFB:
             if cpl > iopl { throw .gp(0) }
+            if flags & EFlags.if == 0 { shadowEnd = instructionsExecuted &+ 2 }
             flags |= EFlags.if
         case 0xFC:
             flags &= ~EFlags.df
@@ -382,7 +390,7 @@ extension Interpreter {
         }
     }
 
-    func group5(_ d: DecodedInstruction) throws(Fault) {
+    func group5(_ d: DI) throws(Fault) {
         let s = d.operandSize
         switch d.reg {
         case 0, 1:
@@ -420,7 +428,7 @@ extension Interpreter {
         }
     }
 
-    func group3(_ d: DecodedInstruction) throws(Fault) {
+    func group3(_ d: DI) throws(Fault) {
         let s = d.size
         switch d.reg {
         case 0, 1:
@@ -560,7 +568,7 @@ extension Interpreter {
     /// MOVS/CMPS/STOS/LODS/SCAS with optional REP/REPE/REPNE. Long repeats run in chunks of
     /// 1024 iterations and leave EIP at the instruction so it restarts (as hardware does at
     /// interrupt windows); registers are committed per iteration so a fault is restartable.
-    func stringOp(_ d: DecodedInstruction, _ op: UInt8) throws(Fault) {
+    func stringOp(_ d: DI, _ op: UInt8) throws(Fault) {
         let s = d.size
         let a32 = d.address32
         let delta: UInt32 = flags & EFlags.df != 0 ? 0 &- UInt32(s) : UInt32(s)
@@ -589,7 +597,7 @@ extension Interpreter {
     }
 
     @inline(__always)
-    func stringIteration(_ d: DecodedInstruction, _ kind: UInt8, _ s: UInt8, _ a32: Bool, _ delta: UInt32) throws(Fault) {
+    func stringIteration(_ d: DI, _ kind: UInt8, _ s: UInt8, _ a32: Bool, _ delta: UInt32) throws(Fault) {
         let si = a32 ? r[6] : r[6] & 0xFFFF
         let di = a32 ? r[7] : r[7] & 0xFFFF
         switch kind {
@@ -622,7 +630,7 @@ extension Interpreter {
         if a32 { r[reg] = r[reg] &+ delta } else { r[reg] = (r[reg] & 0xFFFF_0000) | ((r[reg] &+ delta) & 0xFFFF) }
     }
 
-    func enter(_ d: DecodedInstruction) throws(Fault) {
+    func enter(_ d: DI) throws(Fault) {
         let s = d.operandSize
         let size = d.immediate & 0xFFFF
         let level = d.immediate2 & 31
@@ -664,7 +672,7 @@ extension Interpreter {
         eflags = n | 2
     }
 
-    func x87(_ d: DecodedInstruction) throws(Fault) {
+    func x87(_ d: DI) throws(Fault) {
         if sys.cr0 & (CR0.em | CR0.ts) != 0 { throw .nm }
         let op = UInt8(truncatingIfNeeded: d.opcode)
         switch (op, d.isMemory, d.reg) {

@@ -5,7 +5,7 @@ extension Interpreter {
         if cpl != 0 { throw .gp(0) }
     }
 
-    func execTwoByte(_ d: DecodedInstruction) throws(Fault) {
+    func execTwoByte(_ d: DI) throws(Fault) {
         let op = UInt8(truncatingIfNeeded: d.opcode)
         switch op {
         case 0x00: try group6(d)
@@ -45,7 +45,8 @@ extension Interpreter {
                 sys.cr3 = v
                 flushTLB()
             default:
-                if v & ~UInt32(0x0000_00FF) != 0 { throw .gp(0) }
+                // Bits beyond PGE and PAE (PAE paging is not implemented) are #GP(0).
+                if v & ~UInt32(0x0000_00DF) != 0 { throw .gp(0) }
                 sys.cr4 = v
                 controlChanged()
             }
@@ -203,7 +204,7 @@ extension Interpreter {
         }
     }
 
-    func bitTest(_ d: DecodedInstruction, _ op: UInt8) throws(Fault) {
+    func bitTest(_ d: DI, _ op: UInt8) throws(Fault) {
         let s = d.operandSize
         let bits = UInt32(s) * 8
         var kind = op
@@ -240,12 +241,7 @@ extension Interpreter {
         let v: UInt32
         let lin: UInt32
         if writes {
-            var dd = d
-            dd.base = DecodedInstruction.noRegister
-            dd.index = DecodedInstruction.noRegister
-            dd.displacement = ea
-            dd.address32 = true
-            lin = try rmwLinear(dd, s)
+            lin = try rmwLinearAt(d.segment, ea, s)
             v = try readLin(lin, s, user: user)
         } else {
             lin = 0
@@ -262,7 +258,7 @@ extension Interpreter {
         if v & mask != 0 { flags |= EFlags.cf } else { flags &= ~EFlags.cf }
     }
 
-    func cmpxchg8b(_ d: DecodedInstruction) throws(Fault) {
+    func cmpxchg8b(_ d: DI) throws(Fault) {
         let ea = effectiveAddress(d)
         let hiOff = d.address32 ? ea &+ 4 : (ea &+ 4) & 0xFFFF
         _ = try probeWrite(d.segment, ea, 4)
@@ -283,7 +279,7 @@ extension Interpreter {
         }
     }
 
-    func group6(_ d: DecodedInstruction) throws(Fault) {
+    func group6(_ d: DI) throws(Fault) {
         switch d.reg {
         case 0, 1:
             let v = UInt32(d.reg == 0 ? sys.ldtr.selector : sys.tr.selector)
@@ -337,7 +333,7 @@ extension Interpreter {
         }
     }
 
-    func group7(_ d: DecodedInstruction) throws(Fault) {
+    func group7(_ d: DI) throws(Fault) {
         switch d.reg {
         case 0, 1:
             let t = d.reg == 0 ? sys.gdtr : sys.idtr
@@ -371,7 +367,7 @@ extension Interpreter {
         }
     }
 
-    func larLsl(_ d: DecodedInstruction, lsl: Bool) throws(Fault) {
+    func larLsl(_ d: DI, lsl: Bool) throws(Fault) {
         let sel = UInt16(truncatingIfNeeded: try readRM(d, 2))
         materialize()
         guard sel & 0xFFFC != 0, let desc = try? readDescriptor(sel) else {
@@ -391,7 +387,7 @@ extension Interpreter {
             return
         }
         flags |= EFlags.zf
-        let v: UInt32 = lsl ? desc.limit : UInt32(truncatingIfNeeded: desc.raw >> 32) & 0x00F0_FF00
+        let v: UInt32 = lsl ? desc.limit : UInt32(truncatingIfNeeded: desc.raw >> 32) & 0x00FF_FF00  // bits 19:16 as hardware returns them
         setReg(d.operandSize, d.reg, v)
     }
 }

@@ -242,7 +242,7 @@ extension Interpreter {
     // MARK: - Effective address
 
     @inline(__always)
-    func effectiveAddress(_ d: DecodedInstruction) -> UInt32 {
+    func effectiveAddress(_ d: DI) -> UInt32 {
         var a = d.displacement
         if d.base != DecodedInstruction.noRegister { a = a &+ r[Int(d.base & 7)] }
         if d.index != DecodedInstruction.noRegister { a = a &+ (r[Int(d.index & 7)] << UInt32(d.scale & 3)) }
@@ -251,14 +251,14 @@ extension Interpreter {
 
     /// Reads the r/m operand of `size` bytes.
     @inline(__always)
-    func readRM(_ d: DecodedInstruction, _ size: UInt8) throws(Fault) -> UInt32 {
+    func readRM(_ d: DI, _ size: UInt8) throws(Fault) -> UInt32 {
         if !d.isMemory { return getReg(size, d.rm) }
         return try read(d.segment, effectiveAddress(d), size)
     }
 
     /// Writes the r/m operand of `size` bytes.
     @inline(__always)
-    func writeRM(_ d: DecodedInstruction, _ size: UInt8, _ v: UInt32) throws(Fault) {
+    func writeRM(_ d: DI, _ size: UInt8, _ v: UInt32) throws(Fault) {
         if !d.isMemory { setReg(size, d.rm, v); return }
         try write(d.segment, effectiveAddress(d), size, v)
     }

@@ -56,7 +56,7 @@ extension Interpreter {
     }
 
     /// LDS/LES/LFS/LGS/LSS.
-    func loadFarPointer(_ d: DecodedInstruction, segment: UInt8) throws(Fault) {
+    func loadFarPointer(_ d: DI, segment: UInt8) throws(Fault) {
         let s = d.operandSize
         let ea = effectiveAddress(d)
         let off = try read(d.segment, ea, s)
@@ -81,7 +81,7 @@ extension Interpreter {
         return desc.segmentRegister(selector: (sel & 0xFFFC) | UInt16(cpl))
     }
 
-    func farJump(selector: UInt16, offset: UInt32, _ d: DecodedInstruction) throws(Fault) {
+    func farJump(selector: UInt16, offset: UInt32, _ d: DI) throws(Fault) {
         let cs = try codeSegmentForTransfer(selector)
         let off = d.operandSize == 2 ? offset & 0xFFFF : offset
         if off > cs.limit { throw .gp(0) }
@@ -90,7 +90,7 @@ extension Interpreter {
         eip = off
     }
 
-    func farCall(selector: UInt16, offset: UInt32, _ d: DecodedInstruction) throws(Fault) {
+    func farCall(selector: UInt16, offset: UInt32, _ d: DI) throws(Fault) {
         let cs = try codeSegmentForTransfer(selector)
         let off = d.operandSize == 2 ? offset & 0xFFFF : offset
         if off > cs.limit { throw .gp(0) }
@@ -146,7 +146,7 @@ extension Interpreter {
         }
     }
 
-    func farReturn(_ d: DecodedInstruction, extra: UInt32) throws(Fault) {
+    func farReturn(_ d: DI, extra: UInt32) throws(Fault) {
         let s = d.operandSize
         var sp = r[4]
         let off = try popLocal(&sp, s) & sizeMask(s)
@@ -177,7 +177,7 @@ extension Interpreter {
 
     /// IRET/IRETD in protected mode, same or outer privilege (SDM vol. 2, IRET). Task returns
     /// (NT = 1) and returns to virtual-8086 mode are not supported: #GP(0).
-    func iret(_ d: DecodedInstruction) throws(Fault) {
+    func iret(_ d: DI) throws(Fault) {
         if flags & EFlags.nt != 0 { throw .gp(0) }
         let s = d.operandSize
         var sp = r[4]
@@ -221,7 +221,7 @@ extension Interpreter {
     // MARK: - Interrupts and exceptions
 
     /// INT n / INT3 / INTO: a trap delivered with the gate DPL check; EIP is already past it.
-    func softwareInterrupt(_ v: UInt8, _ d: DecodedInstruction) throws(Fault) {
+    func softwareInterrupt(_ v: UInt8, _ d: DI) throws(Fault) {
         let tf = flags & EFlags.tf != 0
         try deliver(vector: v, errorCode: nil, software: true, external: false, returnEIP: eip)
         if tf { suppressSingleStep = true }
