@@ -476,7 +476,8 @@ public final class Interpreter {
         var chain: [X86Exception] = []
         while true {
             do throws(Fault) {
-                try deliver(vector: x.vector, errorCode: x.errorCode, software: false, external: true, returnEIP: eip)
+                try deliver(vector: x.vector, errorCode: x.errorCode, software: false, external: true, returnEIP: eip,
+                            faultClass: Interpreter.isFaultClass(x.vector))
                 return nil
             } catch {
                 switch error {
@@ -498,6 +499,15 @@ public final class Interpreter {
                     }
                 }
             }
+        }
+    }
+
+    /// Fault-class exceptions (the saved EIP points at the faulting instruction): everything an
+    /// instruction raises except the #DB trap, #BP and #OF (traps) and the #DF/#MC aborts.
+    static func isFaultClass(_ vector: UInt8) -> Bool {
+        switch vector {
+        case 0x01, 0x03, 0x04, 0x08, 0x12: return false
+        default: return true
         }
     }
 

@@ -5,6 +5,8 @@ public final class InterpreterBackend: ExecutionBackend {
     /// The interpreter this backend drives.
     public let interpreter: Interpreter
     public private(set) var statistics = BackendStatistics()
+    /// Linear addresses that stop execution before the instruction there runs (`setBreakpoints`).
+    private var breakpoints: [UInt32] = []
 
     public init(memory: GuestMemory, state: CPUState) {
         self.memory = memory
@@ -23,7 +25,26 @@ public final class InterpreterBackend: ExecutionBackend {
     public func run(instructionBudget: Int) throws(HarnessError) -> GuestExit {
         statistics.runs &+= 1
         let before = interpreter.instructionsExecuted
-        let stop = interpreter.run(budget: instructionBudget)
+        let stop: InterpreterStop
+        if breakpoints.isEmpty {
+            stop = interpreter.run(budget: instructionBudget)
+        } else {
+            // Slow path, one instruction at a time, only while breakpoints are set (a guest fault
+            // handler runs for a few instructions).
+            var result = InterpreterStop.budgetExhausted
+            for _ in 0..<max(instructionBudget, 1) {
+                let linear = interpreter.state.cs.base &+ interpreter.state.eip
+                if breakpoints.contains(linear) {
+                    statistics.instructions &+= interpreter.instructionsExecuted &- before
+                    return .breakpoint(address: linear)
+                }
+                if let s = interpreter.step() {
+                    result = s
+                    break
+                }
+            }
+            stop = result
+        }
         statistics.instructions &+= interpreter.instructionsExecuted &- before
         switch stop {
         case let .portOut(port, size, value): return .portOut(port: port, size: size, value: value)
@@ -34,6 +55,11 @@ public final class InterpreterBackend: ExecutionBackend {
             return .mmio(address: address, isWrite: isWrite, length: length, data: data)
         case .budgetExhausted: return .interrupted
         }
+    }
+
+    public func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
+        guard addresses.count <= 4 else { throw .invalidArgument("at most 4 breakpoints") }
+        breakpoints = addresses
     }
 
     public func completePortIn(value: UInt32) throws(HarnessError) {

@@ -230,7 +230,12 @@ extension Interpreter {
     /// Delivers `vector` through the IDT (SDM vol. 3A, 6.12.1). `software`: INT n/INT3/INTO (gate
     /// DPL check, EXT = 0). `external`: hardware interrupt or exception (EXT = 1 in error codes of
     /// faults raised here). Nothing is committed unless every check and push succeeds.
-    func deliver(vector: UInt8, errorCode: UInt32?, software: Bool, external: Bool, returnEIP: UInt32) throws(Fault) {
+    ///
+    /// `faultClass`: a fault raised by an instruction; as the CPU does, RF is set in the EFLAGS
+    /// image pushed on the stack (SDM vol. 3A, 17.3.1.1), so a resumed instruction-breakpoint does
+    /// not fire again. Traps, software interrupts and external events push EFLAGS as it is.
+    func deliver(vector: UInt8, errorCode: UInt32?, software: Bool, external: Bool, returnEIP: UInt32,
+                 faultClass: Bool = false) throws(Fault) {
         let ext: UInt32 = external ? 1 : 0
         let idtCode = UInt32(vector) * 8 + 2 + ext
         if UInt32(vector) * 8 + 7 > UInt32(sys.idtr.limit) { throw .gp(idtCode) }
@@ -251,7 +256,7 @@ extension Interpreter {
         if !desc.present { throw .np(selCode) }
         let conforming = desc.type & 4 != 0
         if gate.offset > desc.limit { throw .gp(ext) }
-        let oldFlags = eflags
+        let oldFlags = faultClass ? eflags | EFlags.rf : eflags
         let oldCS = UInt32(seg[1].selector)
         if !conforming && desc.dpl < cpl {
             // Inter-privilege: the new stack comes from the TSS (32-bit TSS: ESPn at 4 + 8n, SSn at 8 + 8n).
@@ -300,7 +305,7 @@ extension Interpreter {
         seg[1] = desc.segmentRegister(selector: (sel & 0xFFFC) | UInt16(newCPL))
         segmentChanged(1)
         eip = gate.offset
-        var f = oldFlags & ~(EFlags.tf | EFlags.nt | EFlags.rf | EFlags.vm)
+        var f = eflags & ~(EFlags.tf | EFlags.nt | EFlags.rf | EFlags.vm)
         if kind == .interrupt32 { f &= ~EFlags.if }
         eflags = f
     }
