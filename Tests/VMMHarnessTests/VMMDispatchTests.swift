@@ -234,7 +234,7 @@ import Testing
         let out = try vmm.dispatchFault(vector: 0x0D, frame: &frame, frameAddress: frameAddress,
                                         entryRegisters: sampleEntryRegisters())
         guard case let .unhandled(report) = out.result else { Issue.record("not unhandled"); return }
-        #expect(report.message == "A fatal exception 0D has occurred at 0028:C0013F7A in VxD NAME(0A) + 00012F7A.")
+        #expect(report.message == "A fatal exception 0D has occurred at 0028:C0013F7A in VxD NAME(01) + 00012F7A.")
         #expect(report.deviceName == "NAME" && report.offset == 0x12F7A && report.errorCode == 0x18)
         #expect(report.frame.fields["Client_EIP"] == 0xC001_3F7A)
         #expect(report.frame.fields["Client_Error"] == 0x18)
@@ -245,7 +245,7 @@ import Testing
                                           entryRegisters: sampleEntryRegisters())
         #expect(other.result == .unhandled(vmm.fatalExceptionReport(vector: 0, frame: frame)))
         #expect(vmm.fatalExceptionReport(vector: 0, frame: frame).message
-            == "A fatal exception 00 has occurred at 0028:00200010 in VxD OTHER(33) + 00000010.")
+            == "A fatal exception 00 has occurred at 0028:00200010 in VxD OTHER(01) + 00000010.")
     }
 
     @Test func fatalExceptionReportOutsideEveryDevice() throws {

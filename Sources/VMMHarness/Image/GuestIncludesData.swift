@@ -48,5 +48,156 @@ extension GuestIncludes {
 
 #endif
 """#,
+        "vmm.inc": #"""
+/* vmm.inc: the Windows 9x DDK's VMM.INC essentials for the GNU assembler (cpp + gas), so guest
+ * device code can be written like the DDK examples. Works in AT&T and in Intel syntax
+ * (`.intel_syntax noprefix`): every name is a cpp constant and the macros emit bytes.
+ * `vmm-harness run my.S` finds this file: #include "vmm.inc". */
+#ifndef VMMHARNESS_VMM_INC
+#define VMMHARNESS_VMM_INC
+
+#include "harness.inc"
+
+/* MASM's OFFSET32 is GAS's OFFSET in Intel syntax (in AT&T syntax write $symbol). */
+#define OFFSET32 OFFSET
+
+#define VMM_DEVICE_ID        0x0001
+#define Undefined_Device_ID  0x0000
+#define VMM_Init_Order       0x00000000
+#define Undefined_Init_Order 0x80000000
+
+/* VMM service ordinals (device 0001h). */
+#define Get_VMM_Version            0x0000
+#define Get_Cur_VM_Handle          0x0001
+#define Test_Cur_VM_Handle         0x0002
+#define Get_Sys_VM_Handle          0x0003
+#define Get_VMM_Reenter_Count      0x0006
+#define Begin_Reentrant_Execution  0x0007
+#define End_Reentrant_Execution    0x0008
+#define Get_NMI_Handler_Addr       0x0016
+#define Set_NMI_Handler_Addr       0x0017
+#define Hook_NMI_Event             0x0018
+#define Get_Fault_Hook_Addrs       0x007E
+#define Hook_V86_Fault             0x007F
+#define Hook_PM_Fault              0x0080
+#define Hook_VMM_Fault             0x0081
+#define System_Control             0x0093
+#define Fatal_Error_Handler        0x00BE
+#define Fatal_Memory_Error         0x00BF
+#define Out_Debug_String           0x00C2
+#define Out_Debug_Chr              0x00C3
+#define Hook_Invalid_Page_Fault    0x00E9
+#define Unhook_V86_Fault           0x0119
+#define Unhook_PM_Fault            0x011A
+#define Unhook_VMM_Fault           0x011B
+
+/* Control messages (EAX at the control procedure). */
+#define Sys_Critical_Init          0x00
+#define Device_Init                0x01
+#define Init_Complete              0x02
+#define Sys_VM_Init                0x03
+#define Sys_VM_Terminate           0x04
+#define System_Exit                0x05
+#define Sys_Critical_Exit          0x06
+#define Create_VM                  0x07
+#define VM_Critical_Init           0x08
+#define VM_Init                    0x09
+#define VM_Terminate               0x0A
+#define VM_Not_Executeable         0x0B
+#define Destroy_VM                 0x0C
+
+/* Client_Reg_Struc offsets (the frame EBP points at in a fault handler). */
+#define Client_EDI     0x00
+#define Client_ESI     0x04
+#define Client_EBP     0x08
+#define Client_res0    0x0C
+#define Client_EBX     0x10
+#define Client_EDX     0x14
+#define Client_ECX     0x18
+#define Client_EAX     0x1C
+#define Client_Error   0x20
+#define Client_EIP     0x24
+#define Client_CS      0x28
+#define Client_EFlags  0x2C
+#define Client_ESP     0x30
+#define Client_SS      0x34
+#define Client_ES      0x38
+#define Client_DS      0x3C
+#define Client_FS      0x40
+#define Client_GS      0x44
+#define Client_Alt_EIP    0x48
+#define Client_Alt_CS     0x4C
+#define Client_Alt_EFlags 0x50
+#define Client_Alt_ESP    0x54
+#define Client_Alt_SS     0x58
+#define Client_Alt_ES     0x5C
+#define Client_Alt_DS     0x60
+#define Client_Alt_FS     0x64
+#define Client_Alt_GS     0x68
+#define Client_AX      Client_EAX
+#define Client_AL      Client_EAX
+#define Client_AH      (Client_EAX + 1)
+#define Client_IP      Client_EIP
+#define Client_Flags   Client_EFlags
+
+/* VMMcall service: INT 20h followed by the service dword (device << 16 | ordinal). */
+.macro VMMcall service
+    .byte 0xCD, 0x20
+    .long (VMM_DEVICE_ID << 16) | (\service)
+.endm
+
+/* VMMjmp service: like VMMcall with bit 15 of the ordinal set; the service returns to the
+ * caller's caller (the return address on the stack). */
+.macro VMMjmp service
+    .byte 0xCD, 0x20
+    .long (VMM_DEVICE_ID << 16) | (\service) | 0x8000
+.endm
+
+/* VxDcall device, service: a service of another device. */
+.macro VxDcall device, service
+    .byte 0xCD, 0x20
+    .long ((\device) << 16) | (\service)
+.endm
+
+/* Declare_Virtual_Device: the 50h-byte DDB, as NAME_DDB (the name is at most 8 characters). */
+.macro Declare_Virtual_Device name, major=1, minor=0, ctrl_proc=0, device_num=Undefined_Device_ID, init_order=Undefined_Init_Order, v86_proc=0, pm_proc=0
+    .balign 4
+    .globl \name\()_DDB
+\name\()_DDB:
+    .long 0                               /* 00 DDB_Next */
+    .word 0x0400                          /* 04 DDB_SDK_Version */
+    .word \device_num                     /* 06 DDB_Req_Device_Number */
+    .byte \major, \minor                  /* 08 DDB_Dev_Major_Version, 09 DDB_Dev_Minor_Version */
+    .word 0                               /* 0A DDB_Flags */
+    .ascii "\name"                        /* 0C DDB_Name, padded with spaces to 8 */
+    .fill 8 - (. - (\name\()_DDB + 0x0C)), 1, 0x20
+    .long \init_order                     /* 14 DDB_Init_Order */
+    .long \ctrl_proc                      /* 18 DDB_Control_Proc */
+    .long \v86_proc                       /* 1C DDB_V86_API_Proc */
+    .long \pm_proc                        /* 20 DDB_PM_API_Proc */
+    .long 0, 0, 0                         /* 24 V86_API_CSIP, 28 PM_API_CSIP, 2C Reference_Data */
+    .long 0, 0, 0                         /* 30 Service_Table_Ptr, 34 Service_Table_Size, 38 Win32_Service_Table */
+    .long 0, 0x50, 0, 0, 0                /* 3C Prev, 40 Size, 44-4C Reserved1-3 */
+.endm
+
+/* VxD_CODE_BEGIN name / VxD_CODE_END name: bracket a device's code so a fatal-exception report
+ * can name the device and the offset into it. */
+.macro VxD_CODE_BEGIN name
+\name\()_code_begin:
+.endm
+.macro VxD_CODE_END name
+\name\()_code_end:
+.endm
+
+/* BeginProc name / EndProc name. */
+.macro BeginProc name
+    .globl \name
+\name:
+.endm
+.macro EndProc name
+.endm
+
+#endif
+"""#,
     ]
 }

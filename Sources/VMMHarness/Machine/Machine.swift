@@ -124,6 +124,8 @@ public final class Machine {
         let (reason, message) = finished ?? (.halt, "")
         report.exit = .init(reason: reason, message: message, exitCode: reason.exitCode)
         if let v = faultHandling as? VMMFaultHandling { report.vmm = v.summary }
+        // VMMcalls made by guest handlers are recorded before the fault they serve: list in order.
+        report.faults.sort { $0.index < $1.index }
         let st = backend.statistics
         report.statistics = .init(instructions: st.instructions, backendRuns: st.runs, assists: st.assists,
                                   wallSeconds: Double(end - start) / 1e9)
@@ -155,6 +157,12 @@ public final class Machine {
             return nil
         }
         return exit
+    }
+
+    /// Records that a guest procedure the host called failed outside the run loop (during boot).
+    /// A timeout there has already ended the run; other failures end it as a handler error.
+    public func noteGuestCallFailure(_ message: String) {
+        finish(.handlerError, message)
     }
 
     /// Ends the run (the first reason wins).
@@ -220,7 +228,11 @@ public final class Machine {
     public func callGuest(_ entry: UInt32, state: CPUState, previous: UInt32?, purpose: String)
         throws(HarnessError) -> (end: GuestCallEnd, state: CPUState)
     {
-        guard finished == nil else { throw .guestProtocol("\(purpose): the run has already ended") }
+        // After the run has ended (the VMM's shutdown messages) the call still runs; only what
+        // ends it during the call counts.
+        let endedBefore = finished
+        if endedBefore?.reason == .timeout { throw .guestProtocol("\(purpose): the run timed out") }
+        func ended() -> (reason: ExitReason, message: String)? { endedBefore == nil ? finished : nil }
         guard guestCallDepth < 8 else { throw .guestProtocol("\(purpose): guest calls nested too deeply") }
         startClock()
         let saved = try backend.readState()
@@ -242,6 +254,10 @@ public final class Machine {
         while true {
             guard let exit = runOnce() else {
                 throw .guestProtocol("\(purpose): \(finished?.message ?? "stopped")")
+            }
+            if endedBefore != nil, case .interrupted = exit, let deadline,
+               DispatchTime.now().uptimeNanoseconds >= deadline {
+                throw .guestProtocol("\(purpose): the run timed out")
             }
             switch exit {
             case let .portOut(port, _, _) where port == Ports.guestCallReturn:
@@ -269,7 +285,7 @@ public final class Machine {
                 let vector = Ports.vector(forPort: port) ?? 0
                 if vector == 0x20 {
                     handleFault(vector: vector)     // VMMcall from the procedure
-                    if let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
+                    if let f = ended() { throw .guestProtocol("\(purpose): \(f.message)") }
                     continue
                 }
                 let where_ = (try? readFault(vector: vector)).map { " at \(hex($0.frame.cs, width: 4, prefix: "")):\(hex($0.frame.eip, prefix: ""))" } ?? ""
@@ -280,7 +296,7 @@ public final class Machine {
                 continue
             default:
                 handle(exit)
-                if let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
+                if let f = ended() { throw .guestProtocol("\(purpose): \(f.message)") }
             }
         }
     }
@@ -362,6 +378,7 @@ public final class Machine {
             finish(.invalidResume, "fault \(hex(vector, width: 2)): \(error)")
             return
         }
+        let index = report.faultCount
         report.faultCount += 1
         var frame = event.frame
         var details = FaultDetails()
@@ -371,7 +388,7 @@ public final class Machine {
         } else {
             resolution = .unhandled(report: "unhandled \(ExceptionNames.name(vector)) at \(hex(event.frame.cs, width: 4, prefix: "")):\(hex(event.frame.eip, prefix: ""))")
         }
-        var record = FaultRecord(index: report.faultCount - 1, vector: vector, name: ExceptionNames.name(vector),
+        var record = FaultRecord(index: index, vector: vector, name: ExceptionNames.name(vector),
                                  errorCode: event.frame.error, cs: event.frame.cs, eip: event.frame.eip,
                                  eflags: event.frame.eflags, ring: event.ring, frameAddress: event.frameAddress,
                                  symbol: image.symbolize(event.frame.eip).map { $0.offset == 0 ? $0.name : "\($0.name)+\(hex($0.offset, width: 1, prefix: "0x"))" },
@@ -409,7 +426,7 @@ public final class Machine {
         lastFault = (vector, event.frame)
         do {
             let state = try resumeState(from: frame, event: event)
-            try? memory.writeBytes(event.frameAddress, frame.bytes.prefix(ClientRegisters.stubFrameSize))
+            try? storeFrame(frame, at: event.frameAddress)
             try backend.writeState(state)
             record.resumeCS = frame.cs
             record.resumeEIP = frame.eip
@@ -474,6 +491,46 @@ public final class Machine {
             throw .guestProtocol("the fault frame at \(hex(addr)) does not fit guest memory")
         }
         return FaultEvent(vector: vector, frame: frame, frameAddress: addr, ring: ring, stubState: st)
+    }
+
+    /// Writes `frame` into guest memory at `address` in the layout `readFault` established: the
+    /// whole Client_Reg_Struc for a fault from ring 3 or V86, the re-entrant frame (00h–2Fh) with
+    /// DS, ES, FS, GS below it for a fault from ring 0.
+    public func storeFrame(_ frame: ClientRegisters, at address: UInt32) throws(HarnessError) {
+        do {
+            if frame.cs & 3 != 0 || frame.eflags & EFlags.vm != 0 {
+                try memory.writeBytes(address, frame.bytes)
+            } else {
+                try memory.writeBytes(address, frame.bytes.prefix(ClientRegisters.stubFrameSize))
+                try memory.write32(address &- 4, UInt32(frame.ds))
+                try memory.write32(address &- 8, UInt32(frame.es))
+                try memory.write32(address &- 12, UInt32(frame.fs))
+                try memory.write32(address &- 16, UInt32(frame.gs))
+            }
+        } catch {
+            throw .guestProtocol("the frame at \(hex(address)) does not fit guest memory")
+        }
+    }
+
+    /// Reads back a frame stored by `storeFrame` (after guest code may have changed it). For a
+    /// ring-0 frame, Client_ESP and Client_SS are not in guest memory and come from `template`.
+    public func loadFrame(at address: UInt32, template: ClientRegisters) throws(HarnessError) -> ClientRegisters {
+        do {
+            let full = template.cs & 3 != 0 || template.eflags & EFlags.vm != 0
+            let count = full ? ClientRegisters.size : ClientRegisters.stubFrameSize
+            var bytes = try memory.readBytes(address, count: count)
+            if !full { bytes += template.bytes.suffix(ClientRegisters.size - count) }
+            guard var f = ClientRegisters(bytes: bytes) else { throw HarnessError.guestProtocol("short frame") }
+            if !full {
+                f.ds = UInt16(truncatingIfNeeded: try memory.read32(address &- 4))
+                f.es = UInt16(truncatingIfNeeded: try memory.read32(address &- 8))
+                f.fs = UInt16(truncatingIfNeeded: try memory.read32(address &- 12))
+                f.gs = UInt16(truncatingIfNeeded: try memory.read32(address &- 16))
+            }
+            return f
+        } catch {
+            throw .guestProtocol("the frame at \(hex(address)) does not fit guest memory")
+        }
     }
 
     /// The CPU state the guest continues with: the frame's registers, with every segment register

@@ -11,7 +11,8 @@ public struct RunConfiguration: Sendable {
 
 extension Harness {
     /// Runs `scenario` through the VMM: creates the machine on the chosen backend, registers the
-    /// devices, boots the VMM (control messages, then the VMM's own fault handlers), runs the
+    /// devices (the sample devices named, and every guest device whose DDB the image declares),
+    /// boots the VMM (control messages, then the VMM's own fault handlers), runs the
     /// guest with every fault dispatched through Hook_VMM_Fault chains, and shuts the VMM down.
     /// `prepare` may hook Swift handlers or register more devices before the boot.
     public static func run(_ scenario: Scenario, configuration: RunConfiguration = RunConfiguration(),
@@ -24,7 +25,11 @@ extension Harness {
         let vmm = VirtualMachineManager(configuration: config)
         let machine = try makeMachine(image: scenario.image, choice: configuration.backend, needs: scenario.needs,
                                       options: configuration.options, faultHandling: nil)
-        vmm.guestMemory = machine.memory
+        let handling = VMMFaultHandling(vmm: vmm)
+        handling.attach(to: machine)
+        for device in try GuestDevice.discover(in: machine) {
+            do { try vmm.register(device) } catch { throw .invalidArgument("guest device \(device.name): \(error)") }
+        }
         for name in configuration.devices + scenario.devices {
             guard let d = SampleDevices.make(name, memory: machine.memory) else {
                 throw .invalidArgument("unknown device \(name); built-in devices: \(SampleDevices.names.joined(separator: ", "))")
@@ -32,11 +37,12 @@ extension Harness {
             do { try vmm.register(d) } catch { throw .invalidArgument("device \(name): \(error)") }
         }
         try prepare(vmm)
-        do { try vmm.boot() } catch { throw .invalidArgument("VMM boot failed: \(error)") }
-        machine.faultHandling = VMMFaultHandling(vmm: vmm)
+        do { try vmm.boot() } catch {
+            if machine.finished == nil { throw .invalidArgument("VMM boot failed: \(error)") }
+        }
         var report = machine.run()
-        vmm.shutdown()
-        report.vmm = VMMFaultHandling(vmm: vmm).summary
+        if machine.finished?.reason != .timeout { vmm.shutdown() }
+        report.vmm = handling.summary
         return report
     }
 }

@@ -135,7 +135,9 @@ public struct FatalExceptionReport: Equatable, Sendable, Codable, CustomStringCo
         offset = device.map { frame.eip &- $0.start }
         var m = "A fatal exception \(vmmHex(vector, 2)) has occurred at \(vmmHex(frame.cs, 4)):\(vmmHex(frame.eip, 8))"
         if let d = device, let o = offset {
-            m += " in VxD \(d.name)(\(vmmHex(d.id, 2))) + \(vmmHex(o, 8))"
+            // "(01)" is the VxD's object (segment) number in Windows' message; a device here has
+            // one code object, so it is always 01.
+            m += " in VxD \(d.name)(01) + \(vmmHex(o, 8))"
         }
         message = m + "."
     }

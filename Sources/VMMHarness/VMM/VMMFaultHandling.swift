@@ -1,14 +1,30 @@
 /// Connects the machine to the VMM: every fault the guest raises goes through
 /// `VirtualMachineManager.dispatchFault`, and the frame the handlers leave is what the guest
 /// resumes with.
-public final class VMMFaultHandling: FaultHandling {
+///
+/// It also serves `VMMcall` (INT 20h from ring 0) with the VMM's service table, and runs guest
+/// fault handlers (`GuestFaultCallout`) and guest devices' control procedures in the guest.
+public final class VMMFaultHandling: FaultHandling, GuestFaultCallout {
     public let vmm: VirtualMachineManager
+    /// The machine whose guest runs guest handlers. Set by `attach(to:)`.
+    public private(set) weak var machine: Machine?
 
     public init(vmm: VirtualMachineManager) {
         self.vmm = vmm
     }
 
+    /// Connects the VMM to `machine`: faults, VMMcalls and guest handlers go through it.
+    public func attach(to machine: Machine) {
+        self.machine = machine
+        vmm.guestMemory = machine.memory
+        vmm.guestCallout = self
+        machine.faultHandling = self
+    }
+
     public func handleFault(_ event: FaultEvent, frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution {
+        if event.vector == 0x20 && event.ring == 0 && frame.eflags & EFlags.vm == 0 {
+            return vmmcall(frame: &frame, details: &details)
+        }
         // The registers of `call [FaultProc]`: the interrupted code's general registers (the stub's
         // PUSHAD left them unchanged), the stub's ring-0 segments and stack; the VMM sets EBX, EBP
         // and clears IF.
@@ -38,6 +54,96 @@ public final class VMMFaultHandling: FaultHandling {
             }
             return .stop(reason: .handlerError, message: error.description)
         }
+    }
+
+    // MARK: VMMcall
+
+    /// Serves `INT 20h` + dword from ring 0: the dword names the service (high word device,
+    /// low word ordinal, bit 15 = VMMjmp). The service runs with its register contract on the
+    /// frame's registers; the guest continues after the dword (VMMcall) or at the return address
+    /// on its stack (VMMjmp: the service "returns" for the caller).
+    func vmmcall(frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution {
+        guard let machine else { return .stop(reason: .backendError, message: "VMMcall without a machine") }
+        let site = frame.eip &- 2
+        let operand: UInt32
+        do { operand = try machine.memory.read32(frame.eip) } catch {
+            return .stop(reason: .fatalError, message: "VMMcall at \(hex(site)): the service dword is outside guest memory")
+        }
+        let id = VMMServiceID(vmmcallOperand: operand)
+        var regs = ServiceRegisters(eax: frame.eax, ebx: frame.ebx, ecx: frame.ecx, edx: frame.edx, esi: frame.esi,
+                                    edi: frame.edi, ebp: frame.ebp, esp: frame.esp, eflags: frame.eflags)
+        let before = regs
+        let name = vmm.configuration.services[id.ordinal].map(\.name) ?? "service \(hex(id.ordinal, width: 4))"
+        let caller = machine.image.symbolize(site).map { " <\($0.name)\($0.offset == 0 ? "" : "+\(hex($0.offset, width: 1, prefix: "0x"))")>" } ?? ""
+        // Name a guest handler after its symbol before the hook service records it.
+        if id.device == VMMServiceTable.vmmDeviceID, id.ordinal == VMMServiceOrdinal.hookVMMFault,
+           !VMMHostArea.isHandlerSlot(regs.esi), vmm.guestHandlerNames[FaultHandlerAddress(regs.esi)] == nil {
+            vmm.guestHandlerNames[FaultHandlerAddress(regs.esi)] = machine.image.symbolize(regs.esi).map {
+                $0.offset == 0 ? $0.name : "\($0.name)+\(hex($0.offset, width: 1, prefix: "0x"))"
+            } ?? "guest \(hex(regs.esi))"
+        }
+        let outcome: ServiceCallOutcome
+        do {
+            outcome = try vmm.callService(vmmcallOperand: operand, registers: &regs)
+        } catch {
+            details.trace = ["VMMcall at \(hex(site))\(caller): \(error)"]
+            return .stop(reason: .fatalError, message: "Invalid VxD dynamic link call at \(hex(site))\(caller): \(error)")
+        }
+        let arithmetic = EFlags.cf | EFlags.pf | EFlags.af | EFlags.zf | EFlags.sf | EFlags.of
+        frame.eax = regs.eax; frame.ebx = regs.ebx; frame.ecx = regs.ecx; frame.edx = regs.edx
+        frame.esi = regs.esi; frame.edi = regs.edi; frame.ebp = regs.ebp
+        frame.eflags = (frame.eflags & ~arithmetic) | (regs.eflags & arithmetic)
+        if id.isJump {
+            do { frame.eip = try machine.memory.read32(frame.esp) } catch {
+                return .stop(reason: .fatalError, message: "VMMjmp at \(hex(site)): no return address on the stack at \(hex(frame.esp))")
+            }
+            frame.esp &+= 4
+        } else {
+            frame.eip &+= 4
+        }
+        details.trace = ["\(id.isJump ? "VMMjmp" : "VMMcall") \(name) at \(hex(site))\(caller): " +
+                         Self.registerDiff(before, regs)]
+        if case let .terminate(report) = outcome {
+            return .stop(reason: .fatalError, message: report.description)
+        }
+        return .resume(handledBy: "\(id.isJump ? "VMMjmp" : "VMMcall") \(name)")
+    }
+
+    static func registerDiff(_ a: ServiceRegisters, _ b: ServiceRegisters) -> String {
+        let inputs = "in EAX=\(hex(a.eax, prefix: "")) EBX=\(hex(a.ebx, prefix: "")) ECX=\(hex(a.ecx, prefix: "")) ESI=\(hex(a.esi, prefix: ""))"
+        var out: [String] = []
+        for (n, x, y) in [("EAX", a.eax, b.eax), ("EBX", a.ebx, b.ebx), ("ECX", a.ecx, b.ecx), ("EDX", a.edx, b.edx),
+                          ("ESI", a.esi, b.esi), ("EDI", a.edi, b.edi)] where x != y {
+            out.append("\(n)=\(hex(y, prefix: ""))")
+        }
+        return inputs + " -> CF \(b.carry ? "set" : "clear")" + (out.isEmpty ? "" : ", " + out.joined(separator: " "))
+    }
+
+    // MARK: guest fault handlers
+
+    /// Enters a guest FaultProc as the DDK says — interrupts disabled, EBX = VM handle, EBP → the
+    /// frame in guest memory, `call [FaultProc]` — and watches for its near RET (processed) or
+    /// its jump to the previous handler it was given (passed on).
+    public func callGuestFaultHandler(_ call: GuestFaultHandlerCall, frame: inout ClientRegisters) throws(HarnessError)
+        -> GuestFaultHandlerReturn
+    {
+        guard let machine else { throw .guestProtocol("no machine to run the guest handler") }
+        try machine.storeFrame(frame, at: call.frameAddress)
+        var s = try machine.backend.readState()
+        let r = call.registers
+        s.eax = r.eax; s.ebx = r.ebx; s.ecx = r.ecx; s.edx = r.edx; s.esi = r.esi; s.edi = r.edi; s.ebp = r.ebp
+        s.eflags = r.eflags & ~EFlags.if
+        // The handler's stack lies below the frame and the segment slots the DDK puts under EBP.
+        let callSite = call.frameAddress &- 16
+        s.esp = callSite
+        let name = vmm.guestHandlerNames[call.handler] ?? "guest handler \(call.handler)"
+        let (end, st) = try machine.callGuest(call.handler.rawValue, state: s, previous: call.previous?.rawValue,
+                                              purpose: "fault handler \(name)")
+        frame = try machine.loadFrame(at: call.frameAddress, template: frame)
+        var out = HandlerRegisters(st)
+        // Report ESP relative to what the VMM handed over, so the register rules compare like with like.
+        out.esp = r.esp &+ (st.esp &- callSite)
+        return GuestFaultHandlerReturn(disposition: end == .returned ? .processed : .passedOn, registers: out)
     }
 
     /// What the VMM did over the whole run, for the report.
