@@ -30,6 +30,7 @@ public final class KVMVCPU: @unchecked Sendable {
 
     /// `KVM_RUN` once. EINTR (a kick or any signal) is returned as `.interrupted`, never retried here.
     public func run() throws(HarnessError) -> GuestExit {
+        if let t = threadToKick, pthread_equal(t, pthread_self()) != 0 {} else { bindToCurrentThread() }
         let r = runArea.run
         if usesSyncRegisters {
             r.pointee.kvm_valid_regs = ckvm_KVM_SYNC_X86_REGS | ckvm_KVM_SYNC_X86_SREGS
@@ -127,8 +128,16 @@ public final class KVMVCPU: @unchecked Sendable {
 
     // MARK: kicking out of KVM_RUN (timeouts)
 
-    /// Remembers the calling thread as the one that runs this vCPU, so `kick()` can interrupt it.
-    public func bindToCurrentThread() { threadToKick = pthread_self() }
+    /// Remembers the calling thread as the one that runs this vCPU, so `kick()` can interrupt it,
+    /// and makes sure that thread does not block the kick signal (thread pools often block
+    /// signals; a blocked SIGUSR2 would leave a spinning guest inside KVM_RUN forever).
+    public func bindToCurrentThread() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGUSR2)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        threadToKick = pthread_self()
+    }
 
     /// Makes a running or about-to-run KVM_RUN return: sets `immediate_exit` and signals the vCPU
     /// thread with SIGUSR2 (whose handler does nothing, so the ioctl returns EINTR).

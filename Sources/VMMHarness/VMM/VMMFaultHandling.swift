@@ -87,7 +87,12 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout {
             outcome = try vmm.callService(vmmcallOperand: operand, registers: &regs)
         } catch {
             details.trace = ["VMMcall at \(hex(site))\(caller): \(error)"]
-            return .stop(reason: .fatalError, message: "Invalid VxD dynamic link call at \(hex(site))\(caller): \(error)")
+            if case .unknownService = error {
+                return .stop(reason: .fatalError, message: "Invalid VxD dynamic link call at \(hex(site))\(caller): \(error)")
+            }
+            // A service argument the host refused to follow (e.g. a string pointer outside guest
+            // memory): the real VMM would have page-faulted in the service; the run ends, naming it.
+            return .stop(reason: .fatalError, message: "VMMcall \(name) at \(hex(site))\(caller): \(error)")
         }
         let arithmetic = EFlags.cf | EFlags.pf | EFlags.af | EFlags.zf | EFlags.sf | EFlags.of
         frame.eax = regs.eax; frame.ebx = regs.ebx; frame.ecx = regs.ecx; frame.edx = regs.edx
