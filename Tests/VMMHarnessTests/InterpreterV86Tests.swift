@@ -48,7 +48,8 @@ import Testing
     @Test func farCallAndReturnAreRealModeStyle() throws {
         var code: [UInt8] = [
             0x9A, 0x0A, 0x00, 0x01, 0x10,  // call far 1001:000A            (linear 1001Ah)
-            0xF4,                          // hlt (after the return)
+            0xC5, 0x36, 0x00, 0x00,        // lds si, [0]                   (DS:0 = 1234:5678)
+            0xF4,                          // hlt
         ]
         code += [UInt8](repeating: 0x90, count: 0x1A - code.count)
         code += [
@@ -57,10 +58,11 @@ import Testing
             0xCB,                          //            retf
         ]
         let m = try TestMachine.v86(code: code)
+        try m.memory.write32(0x30000, 0x1234_5678)
         #expect(stubVector(m.run()) == 13)
         let f = m.v86Frame(errorCode: true)
-        #expect(f.eip == 5 && f.cs == 0x1000 && f.esp == 0xFFFE)
-        #expect(m.cpu.state.eax & 0xFFFF == 0x1234 && m.cpu.state.ebx & 0xFFFF == 0x1001)
+        #expect(f.eip == 9 && f.cs == 0x1000 && f.esp == 0xFFFE && f.ds == 0x1234)
+        #expect(m.cpu.state.eax & 0xFFFF == 0x1234 && m.cpu.state.ebx & 0xFFFF == 0x1001 && m.cpu.state.esi & 0xFFFF == 0x5678)
     }
 
     // MARK: - Entering by IRET, leaving through the IDT, returning by IRET

@@ -243,6 +243,11 @@ extension Interpreter {
     /// DPL check, EXT = 0). `external`: hardware interrupt or exception (EXT = 1 in error codes of
     /// faults raised here). Nothing is committed unless every check and push succeeds.
     ///
+    /// From virtual-8086 mode (SDM vol. 3A, 6.12.1 and 20.3.1.1) the handler must be a
+    /// non-conforming ring-0 code segment (else #GP(selector)); the ring-0 stack from the TSS gets
+    /// GS, FS, DS, ES before SS, ESP, EFLAGS (VM set), CS, EIP and the error code; VM is cleared
+    /// and DS, ES, FS, GS are loaded with null. The IOPL check of INT n is done by the caller.
+    ///
     /// `faultClass`: a fault raised by an instruction; as the CPU does, RF is set in the EFLAGS
     /// image pushed on the stack (SDM vol. 3A, 17.3.1.1), so a resumed instruction-breakpoint does
     /// not fire again. Traps, software interrupts and external events push EFLAGS as it is.
