@@ -262,6 +262,20 @@ import Testing
         #expect(stubVector(word.run()) == 13)
     }
 
+    @Test func pageFaultFromV86IsAUserAccess() throws {
+        // Paging on: the first 4 MiB identity-mapped user/writable except page 30000h (V86 DS:0).
+        let m = try TestMachine.v86(code: [0xA0, 0x00, 0x00]) { s in  // mov al, [0]
+            s.cr0 |= CR0.pg
+            s.cr3 = 0x8000
+        }
+        try m.memory.write32(0x8000, 0x7000 | 7)
+        for i in UInt32(0)..<1024 { try m.memory.write32(0x7000 + 4 * i, i == 0x30 ? 0 : (i << 12) | 7) }
+        #expect(stubVector(m.run()) == 14)
+        #expect(m.cpu.state.cr2 == 0x30000)
+        let f = m.v86Frame(errorCode: true)
+        #expect(f.error == 4 && f.eip == 0 && f.cs == 0x1000 && f.eflags & EFlags.vm != 0 && f.ds == 0x3000)
+    }
+
     // MARK: - Limits and wrap-around
 
     @Test func offsetsBeyondFFFFFault() throws {
