@@ -243,7 +243,7 @@ import Testing
         #expect(stubVector(m.run()) == 13)
         #expect(m.stack(0) == 0 && m.stack(1) == 4)
         // No bitmap (I/O map base at the 67h limit): no I/O in V86 mode, whatever IOPL is.
-        for io: [UInt8] in [[0xE4, 0x60], [0xE6, 0x80], [0xEC], [0x66, 0xEF]] {
+        for io: [UInt8] in [[0xE4, 0x60], [0xE6, 0x80], [0xEC], [0x66, 0xEF], [0x6C], [0x6F]] {
             for iopl: UInt32 in [0, 3] {
                 let n = try TestMachine.v86(code: io, iopl: iopl)
                 try n.memory.write16(TestMachine.tss + 0x66, 0x68)

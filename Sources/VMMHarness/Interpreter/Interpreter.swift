@@ -106,7 +106,7 @@ struct TLBEntry {
 ///   CX8, PSE). RDTSC returns a deterministic counter: the retired instruction count.
 /// - IN/OUT in protected mode check only CPL <= IOPL (the TSS I/O permission bitmap is not
 ///   consulted when CPL > IOPL: #GP(0)); in V86 mode they consult only the bitmap, as hardware
-///   does. INS/OUTS raise #UD.
+///   does. INS/OUTS raise #UD (in V86 mode after the bitmap check, so a denied port is #GP(0)).
 /// - x87: with CR0.EM or CR0.TS set every D8–DF opcode raises #NM; otherwise FNINIT, FNSTSW,
 ///   FNSTCW and FWAIT work on a minimal state and the rest raise #UD. MMX/SSE opcodes raise #NM
 ///   with CR0.TS, otherwise #UD. Task gates, task switches and 16-bit gates are not supported

@@ -149,7 +149,9 @@ extension Interpreter {
             let res = imul2(try readRM(d, s), imm, s)
             setReg(s, d.reg, res)
         case 0x6C...0x6F:
-            // INS/OUTS are not supported: #UD (documented).
+            // INS/OUTS are not supported: #UD (documented). In V86 mode the I/O permission check
+            // comes first, so a port the TSS bitmap denies is #GP(0) as on hardware.
+            if v86 { try checkV86IOPermission(port: UInt16(truncatingIfNeeded: r[2]), size: op & 1 == 0 ? 1 : d.operandSize) }
             throw .ud
         case 0x70...0x7F:
             if condition(op & 0xF) { try jump(eip &+ signExtend(d.immediate, 1), d) }
