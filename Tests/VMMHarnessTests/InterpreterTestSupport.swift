@@ -78,3 +78,33 @@ func stubVector(_ s: InterpreterStop) -> UInt32? {
     if case let .portOut(port, _, _) = s, port >= 0x80, port < 0xD0 { return UInt32(port - 0x80) }
     return nil
 }
+
+extension TestMachine {
+    /// A TestMachine whose CPU starts in virtual-8086 mode from a host-written state (only the
+    /// selectors are set; the interpreter rebuilds the caches): CS:IP = 1000:0000 (the code at
+    /// `TestMachine.code`), SS:SP = 2000:FFFE, DS = 3000h, ES = 4000h, FS = 5000h, GS = 6000h.
+    static func v86(code: [UInt8], iopl: UInt32 = 0, configure: (inout CPUState) -> Void = { _ in }) throws -> TestMachine {
+        try TestMachine(code: code) { s in
+            s.eflags = EFlags.vm | (iopl << 12) | 2
+            s.cs = SegmentRegister(selector: 0x1000)
+            s.ss = SegmentRegister(selector: 0x2000)
+            s.ds = SegmentRegister(selector: 0x3000)
+            s.es = SegmentRegister(selector: 0x4000)
+            s.fs = SegmentRegister(selector: 0x5000)
+            s.gs = SegmentRegister(selector: 0x6000)
+            s.eip = 0
+            s.esp = 0xFFFE
+            configure(&s)
+        }
+    }
+
+    /// The ring-0 frame of an interrupt or exception taken from V86 mode, read from ESP (SDM vol.
+    /// 3A, 6.12.1 push order reversed): optional error code, then EIP, CS, EFLAGS, ESP, SS, ES,
+    /// DS, FS, GS.
+    func v86Frame(errorCode: Bool) -> (error: UInt32?, eip: UInt32, cs: UInt32, eflags: UInt32, esp: UInt32,
+                                       ss: UInt32, es: UInt32, ds: UInt32, fs: UInt32, gs: UInt32) {
+        let o: UInt32 = errorCode ? 1 : 0
+        return (errorCode ? stack(0) : nil, stack(o), stack(o + 1), stack(o + 2), stack(o + 3), stack(o + 4),
+                stack(o + 5), stack(o + 6), stack(o + 7), stack(o + 8))
+    }
+}

@@ -94,7 +94,8 @@ struct TLBEntry {
     var perm: UInt8 = 0
 }
 
-/// The pure-Swift 32-bit protected-mode x86 interpreter (rings 0 and 3, 32-bit paging).
+/// The pure-Swift 32-bit protected-mode x86 interpreter (rings 0 and 3, virtual-8086 mode, 32-bit
+/// paging).
 ///
 /// Architecture notes (documented choices):
 /// - Decoding is done by `X86Decoder` (pure); decoded instructions are cached per physical address
@@ -103,11 +104,23 @@ struct TLBEntry {
 ///   on demand.
 /// - CPUID reports vendor "VMMHarnessCPU" with family 5 (a plain 32-bit CPU: FPU absent, TSC,
 ///   CX8, PSE). RDTSC returns a deterministic counter: the retired instruction count.
-/// - IN/OUT check only CPL <= IOPL (no TSS I/O permission bitmap). INS/OUTS raise #UD.
+/// - IN/OUT in protected mode check only CPL <= IOPL (the TSS I/O permission bitmap is not
+///   consulted when CPL > IOPL: #GP(0)); in V86 mode they consult only the bitmap, as hardware
+///   does. INS/OUTS raise #UD (in V86 mode after the bitmap check, so a denied port is #GP(0)).
 /// - x87: with CR0.EM or CR0.TS set every D8–DF opcode raises #NM; otherwise FNINIT, FNSTSW,
 ///   FNSTCW and FWAIT work on a minimal state and the rest raise #UD. MMX/SSE opcodes raise #NM
-///   with CR0.TS, otherwise #UD. Task gates, task switches, virtual-8086 mode and 16-bit gates
-///   are not supported (#GP with the gate's error code).
+///   with CR0.TS, otherwise #UD. Task gates, task switches and 16-bit gates are not supported
+///   (#GP with the gate's error code).
+/// - Virtual-8086 mode (SDM vol. 3A, chapter 20; `InterpreterV86.swift`): entered by IRETD at
+///   CPL 0 with VM set in the popped EFLAGS, or by setting `state` with EFLAGS.VM = 1 (the segment
+///   caches are then rebuilt from the selectors: base = selector << 4, limit FFFFh, DPL 3 data).
+///   CPL 3, 16-bit defaults (66h/67h select 32-bit), real-mode style segment loads, offsets beyond
+///   FFFFh fault (#GP(0), #SS(0) for SS). CLI/STI/PUSHF/POPF/INT n/IRET raise #GP(0) when
+///   IOPL < 3; IN/OUT use the TSS I/O bitmap. Interrupts and exceptions leave V86 mode through
+///   32-bit gates to a non-conforming ring-0 segment (else #GP(selector)) with the GS, FS, DS, ES
+///   frame of 6.12.1. Not supported: the virtual-mode extensions (CR4.VME/PVI are ignored: VIF,
+///   VIP and the interrupt redirection bitmap have no effect), task gates from V86 mode, and
+///   real-address mode (there is no A20 wrap: FFFF:0010 is linear 10_0000h, as in V86 mode).
 /// - External interrupts are delivered when `deliverExternalInterrupt` is called; the caller
 ///   decides whether IF allows it.
 /// - Page-table entries outside guest memory read as zero (not present). PAE is not implemented:
@@ -231,6 +244,9 @@ public final class Interpreter {
             seg[0] = newValue.es; seg[1] = newValue.cs; seg[2] = newValue.ss
             seg[3] = newValue.ds; seg[4] = newValue.fs; seg[5] = newValue.gs
             pendingIn = nil
+            // A host-written V86 state (EFLAGS.VM = 1): the segment caches are rebuilt from the
+            // selectors, real-mode style, as every V86 segment load does (SDM vol. 3A, 20.1.1).
+            if v86 { normalizeV86Segments() }
             controlChanged()
             for i in 0..<6 { segmentChanged(UInt8(i)) }
         }
@@ -266,7 +282,8 @@ public final class Interpreter {
             }
         }
         if i == SegmentIndex.cs {
-            cpl = UInt8(s.selector & 3)
+            // V86 mode always runs at CPL 3 whatever the selector (SDM vol. 3A, 20.1.1).
+            cpl = v86 ? 3 : UInt8(s.selector & 3)
             csBase = s.base
             csLimit = s.limit
             csFlat = s.base == 0 && s.limit == 0xFFFF_FFFF

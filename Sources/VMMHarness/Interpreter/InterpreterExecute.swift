@@ -128,7 +128,8 @@ extension Interpreter {
             if idx < Int32(bitPattern: lo) || idx > Int32(bitPattern: hi) {
                 throw .exception(X86Exception(vector: 5))
             }
-        case 0x63:  // ARPL r/m16, r16
+        case 0x63:  // ARPL r/m16, r16 (#UD in V86 mode)
+            if v86 { throw .ud }
             let dst = try readRM(d, 2)
             let src = getReg(2, d.reg)
             materialize()
@@ -148,7 +149,9 @@ extension Interpreter {
             let res = imul2(try readRM(d, s), imm, s)
             setReg(s, d.reg, res)
         case 0x6C...0x6F:
-            // INS/OUTS are not supported: #UD (documented).
+            // INS/OUTS are not supported: #UD (documented). In V86 mode the I/O permission check
+            // comes first, so a port the TSS bitmap denies is #GP(0) as on hardware.
+            if v86 { try checkV86IOPermission(port: UInt16(truncatingIfNeeded: r[2]), size: op & 1 == 0 ? 1 : d.operandSize) }
             throw .ud
         case 0x70...0x7F:
             if condition(op & 0xF) { try jump(eip &+ signExtend(d.immediate, 1), d) }
@@ -229,8 +232,11 @@ extension Interpreter {
         case 0x9B:
             if sys.cr0 & (CR0.ts | CR0.mp) == (CR0.ts | CR0.mp) { throw .nm }
         case 0x9C:
+            // PUSHF/POPF are IOPL-sensitive in V86 mode (SDM vol. 3A, 20.2.7; no VME).
+            if v86 && iopl < 3 { throw .gp(0) }
             try pushFlags(d.operandSize)
         case 0x9D:
+            if v86 && iopl < 3 { throw .gp(0) }
             try popFlags(d.operandSize)
         case 0x9E:
             let ah = (r[0] >> 8) & 0xFF
@@ -288,6 +294,9 @@ extension Interpreter {
         case 0xCC:
             try softwareInterrupt(3, d)
         case 0xCD:
+            // INT n from V86 mode with IOPL < 3 is #GP(0), not delivered through the gate (SDM
+            // vol. 3A, 20.3.1.1 and table 20-2, no VME). INT3/INTO/INT1 are not IOPL-sensitive.
+            if v86 && iopl < 3 { throw .gp(0) }
             try softwareInterrupt(UInt8(truncatingIfNeeded: d.immediate), d)
         case 0xCE:
             if of { try softwareInterrupt(4, d) }
@@ -325,13 +334,13 @@ extension Interpreter {
             if take { try jump(eip &+ signExtend(d.immediate, 1), d) }
             if op != 0xE3 { if a32 { r[1] = cx } else { setReg(2, 1, cx) } }
         case 0xE4, 0xE5, 0xEC, 0xED:
-            if cpl > iopl { throw .gp(0) }
             let port = op <= 0xE5 ? UInt16(d.immediate & 0xFF) : UInt16(truncatingIfNeeded: r[2])
+            try checkIOPermission(port: port, size: d.size)
             pendingIn = (d.size, eip)
             throw .stop(.portIn(port: port, size: Int(d.size)))
         case 0xE6, 0xE7, 0xEE, 0xEF:
-            if cpl > iopl { throw .gp(0) }
             let port = op <= 0xE7 ? UInt16(d.immediate & 0xFF) : UInt16(truncatingIfNeeded: r[2])
+            try checkIOPermission(port: port, size: d.size)
             pendingStop = .portOut(port: port, size: Int(d.size), value: getReg(d.size, 0))
         case 0xE8:
             let t = eip &+ d.immediate

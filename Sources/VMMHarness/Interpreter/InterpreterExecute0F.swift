@@ -280,6 +280,8 @@ extension Interpreter {
     }
 
     func group6(_ d: DI) throws(Fault) {
+        // SLDT, STR, LLDT, LTR, VERR, VERW are not recognized in V86 mode (SDM vol. 2): #UD.
+        if v86 { throw .ud }
         switch d.reg {
         case 0, 1:
             let v = UInt32(d.reg == 0 ? sys.ldtr.selector : sys.tr.selector)
@@ -368,6 +370,7 @@ extension Interpreter {
     }
 
     func larLsl(_ d: DI, lsl: Bool) throws(Fault) {
+        if v86 { throw .ud }  // LAR/LSL are not recognized in V86 mode (SDM vol. 2)
         let sel = UInt16(truncatingIfNeeded: try readRM(d, 2))
         materialize()
         guard sel & 0xFFFC != 0, let desc = try? readDescriptor(sel) else {

@@ -25,6 +25,12 @@ extension Interpreter {
 
     /// Loads DS/ES/FS/GS/SS with the checks of MOV/POP Sreg (SDM vol. 2, MOV).
     func loadDataSegment(_ i: UInt8, _ sel: UInt16) throws(Fault) {
+        if v86 {
+            // V86 mode: real-mode style, no checks (SDM vol. 3A, 20.1.1). MOV CS stays #UD.
+            guard i < 6, i != SegmentIndex.cs else { throw .ud }
+            loadV86Segment(i, sel)
+            return
+        }
         let code = UInt32(sel & 0xFFFC)
         let rpl = UInt8(sel & 3)
         if i == SegmentIndex.ss {
@@ -67,6 +73,8 @@ extension Interpreter {
 
     /// Checks a code segment for a same-privilege far JMP/CALL and returns its cache.
     func codeSegmentForTransfer(_ sel: UInt16) throws(Fault) -> SegmentRegister {
+        // V86 mode: far JMP/CALL load CS real-mode style (SDM vol. 3A, 20.1.1).
+        if v86 { return Interpreter.v86Segment(sel) }
         if sel & 0xFFFC == 0 { throw .gp(0) }
         let code = UInt32(sel & 0xFFFC)
         let desc = try readDescriptor(sel)
@@ -147,6 +155,7 @@ extension Interpreter {
     }
 
     func farReturn(_ d: DI, extra: UInt32) throws(Fault) {
+        if v86 { return try farReturnV86(d, extra: extra) }
         let s = d.operandSize
         var sp = r[4]
         let off = try popLocal(&sp, s) & sizeMask(s)
@@ -175,16 +184,19 @@ extension Interpreter {
         nullInaccessibleSegments()
     }
 
-    /// IRET/IRETD in protected mode, same or outer privilege (SDM vol. 2, IRET). Task returns
-    /// (NT = 1) and returns to virtual-8086 mode are not supported: #GP(0).
+    /// IRET/IRETD in protected mode, same or outer privilege, or back to virtual-8086 mode (SDM
+    /// vol. 2, IRET); in V86 mode see `iretInV86`. Task returns (NT = 1) are not supported: #GP(0).
     func iret(_ d: DI) throws(Fault) {
+        if v86 { return try iretInV86(d) }
         if flags & EFlags.nt != 0 { throw .gp(0) }
         let s = d.operandSize
         var sp = r[4]
         let off = try popLocal(&sp, s)
         let sel = UInt16(truncatingIfNeeded: try popLocal(&sp, s))
         let newFlags = try popLocal(&sp, s)
-        if s == 4 && newFlags & EFlags.vm != 0 && cpl == 0 { throw .gp(0) }
+        if s == 4 && newFlags & EFlags.vm != 0 && cpl == 0 {
+            return try iretToV86(sp: sp, eip: off, cs: sel, eflags: newFlags)
+        }
         let desc = try returnCodeSegment(sel)
         let rpl = UInt8(sel & 3)
         if off > desc.limit { throw .gp(0) }
@@ -231,6 +243,11 @@ extension Interpreter {
     /// DPL check, EXT = 0). `external`: hardware interrupt or exception (EXT = 1 in error codes of
     /// faults raised here). Nothing is committed unless every check and push succeeds.
     ///
+    /// From virtual-8086 mode (SDM vol. 3A, 6.12.1 and 20.3.1.1) the handler must be a
+    /// non-conforming ring-0 code segment (else #GP(selector)); the ring-0 stack from the TSS gets
+    /// GS, FS, DS, ES before SS, ESP, EFLAGS (VM set), CS, EIP and the error code; VM is cleared
+    /// and DS, ES, FS, GS are loaded with null. The IOPL check of INT n is done by the caller.
+    ///
     /// `faultClass`: a fault raised by an instruction; as the CPU does, RF is set in the EFLAGS
     /// image pushed on the stack (SDM vol. 3A, 17.3.1.1), so a resumed instruction-breakpoint does
     /// not fire again. Traps, software interrupts and external events push EFLAGS as it is.
@@ -255,6 +272,10 @@ extension Interpreter {
         if !desc.isCodeOrData || desc.type & 8 == 0 || desc.dpl > cpl { throw .gp(selCode) }
         if !desc.present { throw .np(selCode) }
         let conforming = desc.type & 4 != 0
+        let fromV86 = v86
+        // From V86 mode the handler must be a non-conforming ring-0 segment (SDM vol. 2, INT n,
+        // INTERRUPT-FROM-VIRTUAL-8086-MODE; vol. 3A, 20.3.1.1), else #GP(selector).
+        if fromV86 && (conforming || desc.dpl != 0) { throw .gp(selCode) }
         if gate.offset > desc.limit { throw .gp(ext) }
         let oldFlags = faultClass ? eflags | EFlags.rf : eflags
         let oldCS = UInt32(seg[1].selector)
@@ -281,12 +302,14 @@ extension Interpreter {
             var sp = newESP
             let big = newSS.defaultBig
             let stackFault = Fault.ss(ssCode)
+            if fromV86 { try pushV86Segments(newSS, &sp, big: big, fault: stackFault) }
             try pushTo(newSS, &sp, UInt32(seg[2].selector), big: big, fault: stackFault)
             try pushTo(newSS, &sp, r[4], big: big, fault: stackFault)
             try pushTo(newSS, &sp, oldFlags, big: big, fault: stackFault)
             try pushTo(newSS, &sp, oldCS, big: big, fault: stackFault)
             try pushTo(newSS, &sp, returnEIP, big: big, fault: stackFault)
             if let e = errorCode { try pushTo(newSS, &sp, e, big: big, fault: stackFault) }
+            if fromV86 { leaveV86Segments() }
             seg[2] = newSS
             segmentChanged(2)
             r[4] = sp
