@@ -42,6 +42,16 @@ public enum VMMDiagnostic: Equatable, Sendable, Codable, CustomStringConvertible
     case badServiceArgument(service: String, detail: String)
     /// End_Reentrant_Execution without a matching Begin_Reentrant_Execution.
     case unbalancedReentrantExecution
+    /// A service (any service) was called from inside an NMI handler.
+    case serviceCallFromNMIHandler(service: String, handler: String?)
+    /// An NMI handler returned (near `ret`) instead of jumping to the previous NMI handler: the
+    /// handlers before it in the chain, the VMM's default included, did not run.
+    case nmiChainEndedEarly(handler: String, address: FaultHandlerAddress)
+    /// A service was refused: wrong time or argument (Hook_NMI_Event after Init_Complete,
+    /// Set_NMI_Handler_Addr with 0).
+    case serviceRefused(service: String, reason: String)
+    /// An IRQ was delivered that no device virtualized, or no IRQ was pending (spurious).
+    case unhandledIRQ(String)
 
     public var description: String {
         switch self {
@@ -53,6 +63,14 @@ public enum VMMDiagnostic: Equatable, Sendable, Codable, CustomStringConvertible
             return "\(s): \(d)"
         case .unbalancedReentrantExecution:
             return "End_Reentrant_Execution without Begin_Reentrant_Execution"
+        case let .serviceCallFromNMIHandler(s, h):
+            return "service \(s) called from an NMI handler (NMI handlers may call no service)" + (h.map { " in \($0)" } ?? "")
+        case let .nmiChainEndedEarly(h, a):
+            return "NMI handler \(h) at \(a) returned instead of jumping to the previous NMI handler"
+        case let .serviceRefused(s, r):
+            return "\(s) refused: \(r)"
+        case let .unhandledIRQ(text):
+            return text
         }
     }
 }
@@ -92,10 +110,12 @@ public struct FaultDispatchTrace: Equatable, Sendable, Codable, CustomStringConv
     public var visits: [FaultHandlerVisit]
     /// One line: processed by whom, unhandled, terminated or an error.
     public var outcome: String
+    /// Which chain ran (VMM, PM or V86).
+    public var chain: FaultChainKind = .vmm
 
     public var description: String {
         let f = entryFrame.fields
-        var s = "fault \(vmmHex(vector, 2))h at \(vmmHex(f["Client_CS"] ?? 0, 4)):\(vmmHex(f["Client_EIP"] ?? 0, 8))"
+        var s = (chain == .vmm ? "" : "\(chain.rawValue) ") + "fault \(vmmHex(vector, 2))h at \(vmmHex(f["Client_CS"] ?? 0, 4)):\(vmmHex(f["Client_EIP"] ?? 0, 8))"
             + " error \(vmmHex(f["Client_Error"] ?? 0, 4)) frame \(vmmHex(frameAddress, 8))"
         for (i, v) in visits.enumerated() { s += "\n  \(i + 1). \(v)" }
         s += "\n  => \(outcome)"
@@ -123,6 +143,31 @@ public struct FatalExceptionReport: Equatable, Sendable, Codable, CustomStringCo
     public var frame: FrameSnapshot
     /// The Windows text.
     public var message: String
+    /// The chain that left the fault unprocessed: `.vmm` for the ring-0 "fatal exception",
+    /// `.pm`/`.v86` for an application's exception.
+    public var chain: FaultChainKind = .vmm
+
+    /// The report for a fault no handler of a PM or V86 chain processed (an application's fault,
+    /// which Windows reported without the word "fatal" and without a device):
+    /// - `.pm`: `An exception 0D has occurred at 001B:00401234 in a protected-mode application.`
+    ///   (CS:EIP as 4:8 hex digits)
+    /// - `.v86`: `An exception 0D has occurred at 1234:0056 in V86 mode.` (CS:IP as 4:4 hex digits,
+    ///   the low word of EIP, as real-mode addresses are written)
+    /// - `.vmm`: the same text as `init(vector:frame:device:)` with no device.
+    public init(vector: UInt8, frame: ClientRegisters, chain: FaultChainKind) {
+        self.init(vector: vector, frame: frame, device: nil)
+        self.chain = chain
+        switch chain {
+        case .vmm:
+            break
+        case .pm:
+            message = "An exception \(vmmHex(vector, 2)) has occurred at \(vmmHex(frame.cs, 4)):\(vmmHex(frame.eip, 8))"
+                + " in a protected-mode application."
+        case .v86:
+            message = "An exception \(vmmHex(vector, 2)) has occurred at \(vmmHex(frame.cs, 4)):"
+                + "\(vmmHex(frame.eip & 0xFFFF, 4)) in V86 mode."
+        }
+    }
 
     public init(vector: UInt8, frame: ClientRegisters, device: (name: String, id: UInt16, start: UInt32)?) {
         self.vector = vector

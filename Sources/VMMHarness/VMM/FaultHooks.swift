@@ -1,3 +1,15 @@
+/// Which of the three fault-hook chains a hook or a fault belongs to: the mode the fault came from.
+/// Each kind has its own chain per vector (00h–4Fh except 02h).
+public enum FaultChainKind: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
+    /// Faults in the VMM or a virtual device (ring 0): Hook_VMM_Fault (0081h) / Unhook_VMM_Fault (011Bh).
+    case vmm = "VMM"
+    /// Faults in protected-mode applications (ring 3): Hook_PM_Fault (0080h) / Unhook_PM_Fault (011Ah).
+    case pm = "PM"
+    /// Faults in virtual-8086 mode: Hook_V86_Fault (007Fh) / Unhook_V86_Fault (0119h).
+    case v86 = "V86"
+    public var description: String { rawValue }
+}
+
 /// Where a hook sits in a fault chain, by when it was made (the DDK's three groups). A fault visits
 /// `.postCriticalInit` hooks first (newest first), then `.vmm`, then `.criticalInit`.
 public enum FaultHookTier: String, Sendable, Codable, CustomStringConvertible {
@@ -58,11 +70,12 @@ public enum FaultHandlerKind {
     }
 }
 
-/// Why Hook_VMM_Fault / Unhook_VMM_Fault refused (carry set).
+/// Why Hook_VMM_Fault / Hook_PM_Fault / Hook_V86_Fault, their Unhook_* services or
+/// Get_Fault_Hook_Addrs refused (carry set).
 public enum FaultHookError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The interrupt number is 02h (NMI) or above 4Fh (any 32-bit EAX). Nothing was installed.
     case invalidFaultNumber(UInt32)
-    /// Unhook_VMM_Fault: no hook for this handler on this vector.
+    /// Unhook_*_Fault: no hook for this handler on this vector in that chain.
     case notHooked(interrupt: UInt32, handler: FaultHandlerAddress)
     /// Harness refusal: ESI = 0 would make "previous = 0" ambiguous.
     case nullHandler
@@ -139,6 +152,33 @@ public struct GuestFaultHandlerCall: Equatable, Sendable {
     public var registers: HandlerRegisters
     /// Guest address of the frame.
     public var frameAddress: UInt32
+    /// What the handler is: a fault handler of one chain, an NMI handler, an NMI event procedure or
+    /// a virtualized IRQ's handler. The machine runs them all the same way; see `GuestHandlerRole`.
+    public var role: GuestHandlerRole = .fault(.vmm)
+}
+
+/// What kind of guest procedure a `GuestFaultHandlerCall` enters. All are entered with
+/// `call` and interrupts disabled; they differ in how they end.
+public enum GuestHandlerRole: Equatable, Hashable, Sendable, CustomStringConvertible {
+    /// A FaultProc of the given chain: near `ret` = processed, jump to `previous` = passed on.
+    case fault(FaultChainKind)
+    /// An NMI handler (Set_NMI_Handler_Addr): it must jump to `previous` (= passed on); a near `ret`
+    /// (reported as `.processed`) ends the NMI chain early, which the VMM reports. It must not `iret`.
+    case nmiHandler
+    /// A Hook_NMI_Event procedure: returns with a near `ret`; `previous` is nil.
+    case nmiEvent
+    /// A virtualized IRQ's hardware-interrupt procedure (VPICD's VID_Hw_Int_Proc) for IRQ n:
+    /// returns with a near `ret`, CF clear = processed, CF set = not processed; `previous` is nil.
+    case irq(UInt8)
+
+    public var description: String {
+        switch self {
+        case let .fault(c): return "\(c) fault handler"
+        case .nmiHandler: return "NMI handler"
+        case .nmiEvent: return "NMI event procedure"
+        case let .irq(n): return "IRQ \(n) handler"
+        }
+    }
 }
 
 /// What a guest fault handler did.
@@ -161,8 +201,16 @@ public protocol GuestFaultCallout: AnyObject {
     /// Unhook_VMM_Fault relinked a guest hook: its stored previous pointer must now be `newPrevious`
     /// (the HOOK_PROC convention lets the VMM rewrite it). Default: nothing.
     func guestHookRelinked(handler: FaultHandlerAddress, vector: UInt8, newPrevious: FaultHandlerAddress?)
+    /// Unhook_VMM_Fault, Unhook_PM_Fault or Unhook_V86_Fault relinked a guest hook in `chain`.
+    /// Default: calls `guestHookRelinked(handler:vector:newPrevious:)`.
+    func guestHookRelinked(chain: FaultChainKind, handler: FaultHandlerAddress, vector: UInt8,
+                           newPrevious: FaultHandlerAddress?)
 }
 
 extension GuestFaultCallout {
     public func guestHookRelinked(handler: FaultHandlerAddress, vector: UInt8, newPrevious: FaultHandlerAddress?) {}
+    public func guestHookRelinked(chain: FaultChainKind, handler: FaultHandlerAddress, vector: UInt8,
+                                  newPrevious: FaultHandlerAddress?) {
+        guestHookRelinked(handler: handler, vector: vector, newPrevious: newPrevious)
+    }
 }

@@ -22,7 +22,10 @@ public typealias VMHandle = UInt32
 ///
 /// | range | what |
 /// |---|---|
-/// | 0009_0000–0009_EFFF | handler slots, 16 bytes each (3840 slots): VMM handlers first, then Swift handlers |
+/// | 0009_0000–0009_E4FF | handler slots, 16 bytes each (3664 slots): VMM handlers first, then Swift handlers |
+/// | 0009_E500–0009_E9FF | reserved slots: the VMM's own Hook_PM_Fault handler for vector v at E500 + 16v |
+/// | 0009_EA00–0009_EEFF | reserved slots: the VMM's own Hook_V86_Fault handler for vector v at EA00 + 16v |
+/// | 0009_EF00–0009_EFFF | reserved slots: the VMM's default NMI handler at EF00, 15 spare |
 /// | 0009_F000–0009_FFFF | the system VM's control block; its address is the system VM handle |
 public enum VMMHostArea {
     /// Address of handler slot 0.
@@ -38,6 +41,40 @@ public enum VMMHostArea {
     public static func slotAddress(_ n: UInt32) -> FaultHandlerAddress? {
         n < slotCount ? FaultHandlerAddress(handlerBase + n * slotSize) : nil
     }
+
+    /// Slots at the top of the handler area kept for the VMM's own PM/V86 handlers and its NMI
+    /// handler (fixed addresses, so installing them does not move any other handler's address).
+    public static let reservedSlotCount: UInt32 = 0xB0
+    /// Slots `registerFaultHandler`, the hook services and the VMM's own VMM-chain handlers draw from.
+    public static let allocatableSlotCount: UInt32 = slotCount - reservedSlotCount
+    private static let pmSlot0 = slotCount - reservedSlotCount
+    private static let v86Slot0 = pmSlot0 + 0x50
+    private static let nmiSlot = v86Slot0 + 0x50
+
+    /// The fixed address of the VMM's own handler for `vector` in the PM or V86 chain (nil for
+    /// `.vmm`, whose handlers take ordinary slots at boot, and for vectors above 4Fh).
+    public static func ownHandlerAddress(_ chain: FaultChainKind, vector: UInt8) -> FaultHandlerAddress? {
+        guard vector <= 0x4F else { return nil }
+        switch chain {
+        case .vmm: return nil
+        case .pm: return slotAddress(pmSlot0 + UInt32(vector))
+        case .v86: return slotAddress(v86Slot0 + UInt32(vector))
+        }
+    }
+
+    /// Which reserved PM/V86 slot `address` is, if any.
+    public static func ownHandlerOwner(_ address: FaultHandlerAddress) -> (chain: FaultChainKind, vector: UInt8)? {
+        let a = address.rawValue
+        guard isHandlerSlot(a), (a - handlerBase) % slotSize == 0 else { return nil }
+        let n = (a - handlerBase) / slotSize
+        if n >= pmSlot0, n < v86Slot0 { return (.pm, UInt8(n - pmSlot0)) }
+        if n >= v86Slot0, n < nmiSlot { return (.v86, UInt8(n - v86Slot0)) }
+        return nil
+    }
+
+    /// The VMM's default NMI handler, the end of the NMI chain (what Get_NMI_Handler_Addr returns
+    /// before any Set_NMI_Handler_Addr).
+    public static var defaultNMIHandler: FaultHandlerAddress { FaultHandlerAddress(handlerBase + nmiSlot * slotSize) }
 
     /// Whether `address` lies in the handler slots.
     public static func isHandlerSlot(_ address: UInt32) -> Bool {

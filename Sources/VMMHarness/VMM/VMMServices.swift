@@ -38,11 +38,37 @@ public enum VMMServiceOrdinal {
     public static let getVMMReenterCount: UInt16 = 0x0006
     public static let beginReentrantExecution: UInt16 = 0x0007
     public static let endReentrantExecution: UInt16 = 0x0008
+    public static let getNMIHandlerAddr: UInt16 = 0x0016
+    public static let setNMIHandlerAddr: UInt16 = 0x0017
+    public static let hookNMIEvent: UInt16 = 0x0018
+    public static let getFaultHookAddrs: UInt16 = 0x007E
+    public static let hookV86Fault: UInt16 = 0x007F
+    public static let hookPMFault: UInt16 = 0x0080
     public static let hookVMMFault: UInt16 = 0x0081
     public static let fatalErrorHandler: UInt16 = 0x00BE
     public static let outDebugString: UInt16 = 0x00C2
     public static let outDebugChr: UInt16 = 0x00C3
+    public static let unhookV86Fault: UInt16 = 0x0119
+    public static let unhookPMFault: UInt16 = 0x011A
     public static let unhookVMMFault: UInt16 = 0x011B
+
+    /// Hook_*_Fault's ordinal for `chain`.
+    public static func hookFault(_ chain: FaultChainKind) -> UInt16 {
+        switch chain {
+        case .vmm: return hookVMMFault
+        case .pm: return hookPMFault
+        case .v86: return hookV86Fault
+        }
+    }
+
+    /// Unhook_*_Fault's ordinal for `chain`.
+    public static func unhookFault(_ chain: FaultChainKind) -> UInt16 {
+        switch chain {
+        case .vmm: return unhookVMMFault
+        case .pm: return unhookPMFault
+        case .v86: return unhookV86Fault
+        }
+    }
 }
 
 /// What a service call leads to.
@@ -149,8 +175,79 @@ public struct VMMServiceTable: Sendable {
         return s
     }
 
+    /// Hook_VMM_Fault, Hook_PM_Fault or Hook_V86_Fault: the same contract, each on its own chains.
+    static func hookService(_ chain: FaultChainKind) -> VMMService {
+        VMMService(name: "Hook_\(chain.rawValue)_Fault", ordinal: VMMServiceOrdinal.hookFault(chain), isAsynchronous: false,
+                   contract: "in: EAX = interrupt (not 02h, not above 4Fh), ESI = handler; out: CF clear and ESI = previous handler (0 if none), or CF set and nothing installed") { vmm, r in
+            do {
+                let previous = try vmm.hook(chain, interrupt: r.eax, address: FaultHandlerAddress(r.esi))
+                r.esi = previous?.rawValue ?? 0
+                r.carry = false
+            } catch {
+                r.carry = true
+            }
+            return .returned
+        }
+    }
+
+    /// Unhook_VMM_Fault, Unhook_PM_Fault or Unhook_V86_Fault (VMM 4.0+).
+    static func unhookService(_ chain: FaultChainKind) -> VMMService {
+        VMMService(name: "Unhook_\(chain.rawValue)_Fault", ordinal: VMMServiceOrdinal.unhookFault(chain), isAsynchronous: false,
+                   contract: "in: EAX = interrupt, ESI = handler; out: CF clear if removed, CF set if not found") { vmm, r in
+            do {
+                try vmm.unhook(chain, interrupt: r.eax, address: FaultHandlerAddress(r.esi))
+                r.carry = false
+            } catch {
+                r.carry = true
+            }
+            return .returned
+        }
+    }
+
     /// The services the harness implements.
     public static let standard = VMMServiceTable([
+        VMMService(name: "Get_NMI_Handler_Addr", ordinal: VMMServiceOrdinal.getNMIHandlerAddr, isAsynchronous: false,
+                   contract: "out: ESI = current NMI handler (the VMM's default handler when none was set)") { vmm, r in
+            r.esi = vmm.nmiCurrentHandler.rawValue
+            return .returned
+        },
+        VMMService(name: "Set_NMI_Handler_Addr", ordinal: VMMServiceOrdinal.setNMIHandlerAddr, isAsynchronous: false,
+                   contract: "in: ESI = new NMI handler (it must jump to the handler Get_NMI_Handler_Addr returned); harness: CF set and nothing changed when ESI = 0") { vmm, r in
+            do {
+                try vmm.setNMIHandler(FaultHandlerAddress(r.esi))
+                r.carry = false
+            } catch {
+                r.carry = true
+            }
+            return .returned
+        },
+        VMMService(name: "Hook_NMI_Event", ordinal: VMMServiceOrdinal.hookNMIEvent, isAsynchronous: false,
+                   contract: "in: ESI = event procedure (initialization only); harness: CF set and nothing installed after Init_Complete or when ESI = 0") { vmm, r in
+            do {
+                try vmm.addNMIEvent(FaultHandlerAddress(r.esi))
+                r.carry = false
+            } catch {
+                r.carry = true
+            }
+            return .returned
+        },
+        VMMService(name: "Get_Fault_Hook_Addrs", ordinal: VMMServiceOrdinal.getFaultHookAddrs, isAsynchronous: false,
+                   contract: "in: EAX = interrupt (not 02h, not above 4Fh); out: CF clear, EDX = V86 handler, ESI = PM handler, EDI = VMM handler (0 where none), or CF set") { vmm, r in
+            do {
+                let a = try vmm.faultHookAddresses(r.eax)
+                r.edx = a.v86?.rawValue ?? 0
+                r.esi = a.pm?.rawValue ?? 0
+                r.edi = a.vmm?.rawValue ?? 0
+                r.carry = false
+            } catch {
+                r.carry = true
+            }
+            return .returned
+        },
+        hookService(.v86),
+        hookService(.pm),
+        unhookService(.v86),
+        unhookService(.pm),
         VMMService(name: "Get_VMM_Version", ordinal: VMMServiceOrdinal.getVMMVersion, isAsynchronous: true,
                    contract: "out: AH = major, AL = minor (040Ah = Windows 98), ECX = debug revision; CF clear") { vmm, r in
             let v = vmm.versionValue

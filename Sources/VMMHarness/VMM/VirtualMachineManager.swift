@@ -21,8 +21,14 @@ public struct VMMConfiguration {
     public var systemVM: VMHandle = VMMHostArea.systemVMHandle
     /// Which vectors get a VMM handler at boot and what those do (default: pass everything on).
     public var ownFaultPolicy: VMMOwnFaultPolicy = .passOnEverything
-    /// When true, a register-rule violation ends dispatch with `FaultDispatchError.registerViolation`;
-    /// otherwise it is recorded in the trace and `diagnostics` and dispatch goes on.
+    /// The same for the VMM's own Hook_PM_Fault handlers (protected-mode application faults).
+    public var ownPMFaultPolicy: VMMOwnFaultPolicy = .passOnEverything
+    /// The same for the VMM's own Hook_V86_Fault handlers (virtual-8086 faults).
+    public var ownV86FaultPolicy: VMMOwnFaultPolicy = .passOnEverything
+    /// Strict mode. When true, a register-rule violation ends dispatch with
+    /// `FaultDispatchError.registerViolation` (`NMIDispatchError`/`IRQDispatchError` likewise), and a
+    /// service called from an NMI handler ends `dispatchNMI` with `.serviceCallFromNMIHandler`;
+    /// otherwise both are recorded in the trace and `diagnostics` and dispatch goes on.
     public var strictRegisterRules = false
     /// Guest addresses of "the VMM's own code", named `VMM(01)` in fatal-exception reports.
     public var vmmCodeRange: Range<UInt32>? = nil
@@ -70,6 +76,12 @@ public enum VMMPhase: String, Sendable, Codable {
 ///   `diagnostics` and the visit's `serviceCalls`, and still runs (the debug VMM reported it).
 /// - Fatal_Error_Handler from a fault handler ends dispatch with `.terminated` once the handler returns.
 /// - Host-area slots are never reused after Unhook_VMM_Fault.
+/// - Hook_PM_Fault / Hook_V86_Fault keep their own chains per vector, with the same validation,
+///   tiers, register rules and unhook relinking; the VMM's own PM and V86 handlers live in fixed
+///   reserved slots (`VMMHostArea.ownHandlerAddress`), so they do not move other handlers' addresses.
+///   See `FaultChainKind` and `dispatchFault(_:vector:frame:frameAddress:entryRegisters:)`.
+/// - NMI (Get/Set_NMI_Handler_Addr, Hook_NMI_Event, `dispatchNMI`) and the minimal virtual PIC
+///   (`virtualizeIRQ`, `raiseIRQ`, `dispatchIRQ`) are described where they are declared.
 public final class VirtualMachineManager {
     public var configuration: VMMConfiguration
     /// Reads guest strings for Out_Debug_String and Fatal_Error_Handler.
@@ -83,7 +95,7 @@ public final class VirtualMachineManager {
     public internal(set) var reenterCount: UInt32 = 0
     /// Whether (virtual) interrupts are enabled: false during Sys_Critical_Init, Sys_Critical_Exit
     /// and while a fault handler runs.
-    public private(set) var interruptsEnabled = false
+    public internal(set) var interruptsEnabled = false
     /// The current VM (Get_Cur_VM_Handle).
     public var currentVM: VMHandle { configuration.systemVM }
     /// The system VM (Get_Sys_VM_Handle).
@@ -92,28 +104,29 @@ public final class VirtualMachineManager {
     public internal(set) var debugLog = ""
     /// Reports made without stopping (synchronous services from fault handlers, register-rule
     /// violations in non-strict mode, bad service arguments).
-    public private(set) var diagnostics: [VMMDiagnostic] = []
+    public internal(set) var diagnostics: [VMMDiagnostic] = []
     /// Set once Fatal_Error_Handler was called: the run must end.
-    public private(set) var termination: FatalErrorReport? {
+    public internal(set) var termination: FatalErrorReport? {
         didSet { terminationCount += 1 }
     }
-    private var terminationCount = 0
+    var terminationCount = 0
     public private(set) var phase: VMMPhase = .notBooted
     /// Control messages and boot/shutdown events, in order.
     public private(set) var bootLog: [BootEvent] = []
 
     // Devices.
-    private enum DeviceState { case registered, loaded, failed }
-    private struct DeviceEntry {
+    enum DeviceState { case registered, loaded, failed }
+    struct DeviceEntry {
         var device: any VirtualDevice
         var state: DeviceState
     }
-    private var devices: [DeviceEntry] = []
+    var devices: [DeviceEntry] = []
     /// Index of the device whose control procedure is running (owner of hooks made meanwhile).
-    private var currentDevice: Int?
+    var currentDevice: Int?
 
     // Chains.
-    private struct HookRecord {
+    struct HookRecord {
+        var chain: FaultChainKind
         var vector: UInt8
         var address: FaultHandlerAddress
         var name: String
@@ -125,22 +138,57 @@ public final class VirtualMachineManager {
         var owner: Int?
         var active: Bool
     }
-    private var records: [HookRecord] = []
-    private var heads: [UInt8: Int] = [:]
-    private var ownHandlersInstalled = false
+    var records: [HookRecord] = []
+    struct ChainKey: Hashable {
+        var chain: FaultChainKind
+        var vector: UInt8
+    }
+    var heads: [ChainKey: Int] = [:]
+    var ownHandlersInstalled = false
 
     // Host handler slots.
-    private struct HostSlot {
+    struct HostSlot {
         var name: String
         var kind: FaultHandlerKind
     }
-    private var slots: [HostSlot] = []
+    var slots: [HostSlot] = []
 
     // Dispatch state.
-    private var activeVector: UInt8?
-    private var currentHandlerName: String?
-    private var currentVisitCalls: [ServiceCallRecord] = []
-    private var reentrantDepth = 0
+    var activeVector: UInt8?
+    var currentHandlerName: String?
+    var currentVisitCalls: [ServiceCallRecord] = []
+    var reentrantDepth = 0
+
+    // NMI (see NMIServices.swift).
+    struct NMIRecord {
+        var address: FaultHandlerAddress
+        var name: String
+        var kind: FaultHandlerKind
+        var tier: FaultHookTier
+        var previousAddress: FaultHandlerAddress
+        var previousRecord: Int?
+    }
+    var nmiRecords: [NMIRecord] = []
+    var nmiHead: Int?
+    struct NMIEventRecord {
+        var address: FaultHandlerAddress
+        var name: String
+        var kind: NMIEventKind
+    }
+    enum NMIEventKind {
+        case host(NMIEventProc)
+        case guest(FaultHandlerAddress)
+    }
+    var nmiEvents: [NMIEventRecord] = []
+    /// Set while an NMI handler (not an event) runs: every service call is a violation.
+    var nmiHandlerRunning = false
+    var nmiServiceViolation: (service: String, handler: String?)?
+    var nmiDispatchActive = false
+
+    // Virtual PIC (see VirtualPIC.swift).
+    var virtualIRQs: [UInt8: VirtualIRQ] = [:]
+    var irqKinds: [UInt8: FaultHandlerKind] = [:]
+    var pendingIRQMask: UInt16 = 0
 
     public init(configuration: VMMConfiguration = VMMConfiguration()) {
         self.configuration = configuration
@@ -236,7 +284,8 @@ public final class VirtualMachineManager {
         devices[index].state = .failed
         var removed: [String] = []
         for r in records.indices.reversed() where records[r].active && records[r].owner == index {
-            removed.append("\(vmmHex(records[r].vector, 2))h \(records[r].address)")
+            let prefix = records[r].chain == .vmm ? "" : "\(records[r].chain.rawValue) "
+            removed.append("\(prefix)\(vmmHex(records[r].vector, 2))h \(records[r].address)")
             unlink(r)
         }
         let detail = "not loaded (failed \(message.name)); "
@@ -250,13 +299,34 @@ public final class VirtualMachineManager {
         var installed = 0
         for v in vectors {
             guard let address = allocateSlot(name: "VMM", kind: .vmmDefault) else { break }
-            _ = insert(vector: v, address: address, name: "VMM", kind: .vmmDefault, tier: .vmm, owner: nil)
+            _ = insert(.vmm, vector: v, address: address, name: "VMM", kind: .vmmDefault, tier: .vmm, owner: nil)
             installed += 1
+        }
+        // The PM and V86 handlers sit in reserved slots (fixed addresses per vector).
+        var other: [String] = []
+        for chain in [FaultChainKind.pm, .v86] {
+            var n = 0
+            for v in ownPolicy(chain).vectors {
+                guard let address = VMMHostArea.ownHandlerAddress(chain, vector: v) else { continue }
+                _ = insert(chain, vector: v, address: address, name: "VMM", kind: .vmmDefault, tier: .vmm, owner: nil)
+                n += 1
+            }
+            other.append("\(n) \(chain.rawValue)")
         }
         ownHandlersInstalled = true
         bootLog.append(BootEvent(kind: .vmmHandlersInstalled, device: "VMM", message: nil, succeeded: true,
                                  interruptsEnabled: interruptsEnabled,
-                                 detail: "installed its own fault handlers for \(installed) vectors"))
+                                 detail: "installed its own fault handlers for \(installed) vectors"
+                                     + " (and " + other.joined(separator: ", ") + ")"))
+    }
+
+    /// The policy of the VMM's own handlers in `chain`.
+    func ownPolicy(_ chain: FaultChainKind) -> VMMOwnFaultPolicy {
+        switch chain {
+        case .vmm: return configuration.ownFaultPolicy
+        case .pm: return configuration.ownPMFaultPolicy
+        case .v86: return configuration.ownV86FaultPolicy
+        }
     }
 
     /// Names of the devices in init order with whether they are loaded (for reports).
@@ -284,16 +354,20 @@ public final class VirtualMachineManager {
     }
 
     /// Records a call and applies the async-only rule (the debug VMM's report; the call still runs).
-    private func note(_ service: VMMService) {
+    func note(_ service: VMMService) {
         let record = ServiceCallRecord(name: service.name, ordinal: service.ordinal,
                                        isAsynchronous: service.isAsynchronous, reenterCount: reenterCount)
         if activeVector != nil { currentVisitCalls.append(record) }
-        if record.violatesAsyncRule {
+        if nmiHandlerRunning {
+            // NMI handlers may call no service at all (asynchronous ones included).
+            diagnostics.append(.serviceCallFromNMIHandler(service: service.name, handler: currentHandlerName))
+            if nmiServiceViolation == nil { nmiServiceViolation = (service.name, currentHandlerName) }
+        } else if record.violatesAsyncRule {
             diagnostics.append(.synchronousServiceFromFaultHandler(service: service.name, handler: currentHandlerName))
         }
     }
 
-    private func note(ordinal: UInt16) {
+    func note(ordinal: UInt16) {
         if let s = configuration.services[ordinal] { note(s) }
     }
 
@@ -438,9 +512,15 @@ public final class VirtualMachineManager {
         throws(FaultHookError) -> FaultHandlerAddress?
     {
         note(ordinal: VMMServiceOrdinal.hookVMMFault)
+        return try hookHost(.vmm, interrupt, name: name, handler: handler)
+    }
+
+    func hookHost(_ chain: FaultChainKind, _ interrupt: UInt32, name: String, handler: @escaping FaultProc)
+        throws(FaultHookError) -> FaultHandlerAddress?
+    {
         let vector = try Self.validate(interrupt)
         guard let address = allocateSlot(name: name, kind: .host(handler)) else { throw .hostAreaExhausted }
-        return insert(vector: vector, address: address, name: name, kind: .host(handler), tier: newHookTier,
+        return insert(chain, vector: vector, address: address, name: name, kind: .host(handler), tier: newHookTier,
                       owner: currentDevice)
     }
 
@@ -470,10 +550,15 @@ public final class VirtualMachineManager {
         return a
     }
 
-    /// The chain for `vector`, newest (first visited) first.
+    /// The Hook_VMM_Fault chain for `vector`, newest (first visited) first.
     public func faultChain(_ vector: UInt8) -> [FaultChainEntry] {
+        faultChain(.vmm, vector)
+    }
+
+    /// The `chain` (VMM, PM or V86) for `vector`, newest (first visited) first.
+    public func faultChain(_ chain: FaultChainKind, _ vector: UInt8) -> [FaultChainEntry] {
         var out: [FaultChainEntry] = []
-        var cursor = heads[vector]
+        var cursor = heads[ChainKey(chain: chain, vector: vector)]
         while let i = cursor, out.count <= records.count {
             let r = records[i]
             out.append(FaultChainEntry(address: r.address, name: r.name, tier: r.tier, kind: r.kind.label,
@@ -497,9 +582,15 @@ public final class VirtualMachineManager {
         return UInt8(interrupt)
     }
 
-    private var newHookTier: FaultHookTier { ownHandlersInstalled ? .postCriticalInit : .criticalInit }
+    var newHookTier: FaultHookTier { ownHandlersInstalled ? .postCriticalInit : .criticalInit }
 
     func hook(interrupt: UInt32, address: FaultHandlerAddress) throws(FaultHookError) -> FaultHandlerAddress? {
+        try hook(.vmm, interrupt: interrupt, address: address)
+    }
+
+    func hook(_ chain: FaultChainKind, interrupt: UInt32, address: FaultHandlerAddress) throws(FaultHookError)
+        -> FaultHandlerAddress?
+    {
         let vector = try Self.validate(interrupt)
         guard address.rawValue != 0 else { throw .nullHandler }
         let name: String
@@ -511,12 +602,17 @@ public final class VirtualMachineManager {
             name = guestHandlerNames[address] ?? currentDevice.map { devices[$0].device.name } ?? "guest handler"
             kind = .guest(address)
         }
-        return insert(vector: vector, address: address, name: name, kind: kind, tier: newHookTier, owner: currentDevice)
+        return insert(chain, vector: vector, address: address, name: name, kind: kind, tier: newHookTier,
+                      owner: currentDevice)
     }
 
     func unhook(interrupt: UInt32, address: FaultHandlerAddress) throws(FaultHookError) {
+        try unhook(.vmm, interrupt: interrupt, address: address)
+    }
+
+    func unhook(_ chain: FaultChainKind, interrupt: UInt32, address: FaultHandlerAddress) throws(FaultHookError) {
         let vector = try Self.validate(interrupt)
-        var cursor = heads[vector]
+        var cursor = heads[ChainKey(chain: chain, vector: vector)]
         var steps = 0
         while let i = cursor, steps <= records.count {
             if records[i].address == address {
@@ -529,42 +625,56 @@ public final class VirtualMachineManager {
         throw .notHooked(interrupt: interrupt, handler: address)
     }
 
-    private func insert(vector: UInt8, address: FaultHandlerAddress, name: String, kind: FaultHandlerKind,
-                        tier: FaultHookTier, owner: Int?) -> FaultHandlerAddress? {
-        let head = heads[vector]
+    func insert(_ chain: FaultChainKind, vector: UInt8, address: FaultHandlerAddress, name: String,
+                kind: FaultHandlerKind, tier: FaultHookTier, owner: Int?) -> FaultHandlerAddress? {
+        let key = ChainKey(chain: chain, vector: vector)
+        let head = heads[key]
         let previous = head.map { records[$0].address }
-        records.append(HookRecord(vector: vector, address: address, name: name, kind: kind, tier: tier,
+        records.append(HookRecord(chain: chain, vector: vector, address: address, name: name, kind: kind, tier: tier,
                                   previousAddress: previous, previousRecord: head, owner: owner, active: true))
-        heads[vector] = records.count - 1
+        heads[key] = records.count - 1
         return previous
     }
 
+    /// The newest handler of `chain` for `vector` (its head), nil when the chain is empty.
+    func chainHead(_ chain: FaultChainKind, _ vector: UInt8) -> FaultHandlerAddress? {
+        heads[ChainKey(chain: chain, vector: vector)].map { records[$0].address }
+    }
+
     /// Unhook semantics: the newer hook whose previous is `index` takes over `index`'s previous.
-    private func unlink(_ index: Int) {
+    func unlink(_ index: Int) {
         let r = records[index]
-        if heads[r.vector] == index {
-            heads[r.vector] = r.previousRecord
+        let key = ChainKey(chain: r.chain, vector: r.vector)
+        if heads[key] == index {
+            heads[key] = r.previousRecord
         } else if let newer = records.indices.first(where: { records[$0].active && records[$0].previousRecord == index }) {
             records[newer].previousRecord = r.previousRecord
             records[newer].previousAddress = r.previousAddress
             if case let .guest(a) = records[newer].kind {
-                guestCallout?.guestHookRelinked(handler: a, vector: r.vector, newPrevious: r.previousAddress)
+                guestCallout?.guestHookRelinked(chain: r.chain, handler: a, vector: r.vector,
+                                                newPrevious: r.previousAddress)
             }
         }
         records[index].active = false
     }
 
-    private func allocateSlot(name: String, kind: FaultHandlerKind) -> FaultHandlerAddress? {
-        guard let a = VMMHostArea.slotAddress(UInt32(slots.count)) else { return nil }
+    func allocateSlot(name: String, kind: FaultHandlerKind) -> FaultHandlerAddress? {
+        guard UInt32(slots.count) < VMMHostArea.allocatableSlotCount,
+              let a = VMMHostArea.slotAddress(UInt32(slots.count)) else { return nil }
         slots.append(HostSlot(name: name, kind: kind))
         return a
     }
 
-    private func slot(at address: FaultHandlerAddress) -> HostSlot? {
+    func slot(at address: FaultHandlerAddress) -> HostSlot? {
         let a = address.rawValue
         guard VMMHostArea.isHandlerSlot(a), (a - VMMHostArea.handlerBase) % VMMHostArea.slotSize == 0 else { return nil }
         let n = Int((a - VMMHostArea.handlerBase) / VMMHostArea.slotSize)
-        return n < slots.count ? slots[n] : nil
+        if n < slots.count { return slots[n] }
+        if address == VMMHostArea.defaultNMIHandler { return HostSlot(name: "VMM", kind: .vmmDefault) }
+        if ownHandlersInstalled, VMMHostArea.ownHandlerOwner(address) != nil {
+            return HostSlot(name: "VMM", kind: .vmmDefault)
+        }
+        return nil
     }
 
     // MARK: - Fault dispatch
@@ -582,6 +692,22 @@ public final class VirtualMachineManager {
     public func dispatchFault(vector: UInt8, frame: inout ClientRegisters, frameAddress: UInt32,
                               entryRegisters: HandlerRegisters) throws(FaultDispatchError) -> FaultDispatchOutcome
     {
+        try dispatchFault(.vmm, vector: vector, frame: &frame, frameAddress: frameAddress,
+                          entryRegisters: entryRegisters)
+    }
+
+    /// Dispatches one fault through the chain of `vector` that belongs to the mode the fault came
+    /// from: `.vmm` (ring 0, Hook_VMM_Fault), `.pm` (a protected-mode application, Hook_PM_Fault) or
+    /// `.v86` (virtual-8086 mode, Hook_V86_Fault). Only that chain's handlers are visited.
+    ///
+    /// Handlers are called and checked exactly as for `dispatchFault(vector:frame:frameAddress:entryRegisters:)`.
+    /// An unprocessed fault ends with `.unhandled`: for `.vmm` the ring-0 fatal-exception report,
+    /// for `.pm`/`.v86` the application report (see `FatalExceptionReport.init(vector:frame:chain:)`).
+    /// The trace's `chain` says which chain ran.
+    public func dispatchFault(_ chain: FaultChainKind, vector: UInt8, frame: inout ClientRegisters,
+                              frameAddress: UInt32, entryRegisters: HandlerRegisters)
+        throws(FaultDispatchError) -> FaultDispatchOutcome
+    {
         if let active = activeVector { throw .reentrantDispatch(vector: vector, activeVector: active) }
         let saved = (interrupts: interruptsEnabled, count: reenterCount, depth: reentrantDepth)
         activeVector = vector
@@ -597,13 +723,13 @@ public final class VirtualMachineManager {
         }
 
         var trace = FaultDispatchTrace(vector: vector, frameAddress: frameAddress, entryFrame: FrameSnapshot(frame),
-                                       visits: [], outcome: "")
+                                       visits: [], outcome: "", chain: chain)
         var registers = entryRegisters
         registers.ebx = currentVM
         registers.ebp = frameAddress
         registers.eflags = (registers.eflags & ~EFlags.if) | EFlags.reserved1
 
-        var cursor = heads[vector]
+        var cursor = heads[ChainKey(chain: chain, vector: vector)]
         var steps = 0
         while let index = cursor, steps <= records.count {
             steps += 1
@@ -621,14 +747,14 @@ public final class VirtualMachineManager {
                                                   previous: record.previousAddress, vmm: self)
                 disposition = proc(&after, &frame, context)
             case .vmmDefault:
-                disposition = configuration.ownFaultPolicy.action(vector, &frame) ? .processed : .passedOn
+                disposition = ownPolicy(chain).action(vector, &frame) ? .processed : .passedOn
             case let .guest(address):
                 guard let callout = guestCallout else {
                     trace.outcome = "error: no guest callout for \(address)"
                     throw .noGuestCallout(handler: address, trace: trace)
                 }
                 let call = GuestFaultHandlerCall(vector: vector, handler: address, previous: record.previousAddress,
-                                                 registers: before, frameAddress: frameAddress)
+                                                 registers: before, frameAddress: frameAddress, role: .fault(chain))
                 do {
                     let r = try callout.callGuestFaultHandler(call, frame: &frame)
                     after = r.registers
@@ -665,7 +791,8 @@ public final class VirtualMachineManager {
             registers = after
             cursor = record.previousRecord
         }
-        let report = fatalExceptionReport(vector: vector, frame: frame)
+        let report = chain == .vmm ? fatalExceptionReport(vector: vector, frame: frame)
+            : FatalExceptionReport(vector: vector, frame: frame, chain: chain)
         trace.outcome = "unhandled: \(report.message)"
         return FaultDispatchOutcome(result: .unhandled(report), trace: trace, registers: registers)
     }
