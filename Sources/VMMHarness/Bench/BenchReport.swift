@@ -126,6 +126,9 @@ public enum BenchReport {
         let kvmBackend = find(r, "kvm", .backend)?.latency?.p50Ns
         t("KVM #UD p50 ÷ C floor p50 (Swift backend only)", floor.flatMap { f in kvmBackend.map { Double($0) / Double(f) } },
           "ratio", "≤ 1.10", { $0 <= 1.10 }, "how much of the gap is the backend, not the VMM")
+        let kvmMachine = find(r, "kvm", .machine)?.latency?.p50Ns
+        t("KVM #UD p50 ÷ C floor p50 (Machine, no VMM)", floor.flatMap { f in kvmMachine.map { Double($0) / Double(f) } },
+          "ratio", "≤ 1.10", { $0 <= 1.10 }, "frame read, segment reloads, full register write-back")
         t("interpreter #UD round trip p50 (VMM, 1 handler)", find(r, "interpreter", .vmm, depth: 1)?.latency.map { Double($0.p50Ns) },
           "ns", "≤ 250", { $0 <= 250 })
         t("interpreter #UD round trip p50 (backend only)", find(r, "interpreter", .backend)?.latency.map { Double($0.p50Ns) },
