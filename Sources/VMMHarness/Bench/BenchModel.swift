@@ -244,6 +244,15 @@ public struct BenchSettings: Codable, Sendable, Equatable {
         backend == .kvm ? kvmIterations : interpreterIterations
     }
 
+    /// Measured round trips for a chain row: chains longer than 8 handlers run proportionally
+    /// fewer (`iterations × 8 / depth`, at least 1000 or the configured count if smaller), so the
+    /// standard set stays within about two minutes while every row keeps enough samples for p99.9.
+    public func iterations(for backend: BackendKind, depth: Int) -> Int {
+        let n = iterations(for: backend)
+        guard depth > 8 else { return n }
+        return Swift.min(n, Swift.max(1000, n * 8 / depth))
+    }
+
     public func warmup(for backend: BackendKind) -> Int {
         Swift.max(1, Int(Double(iterations(for: backend)) * warmupFraction))
     }

@@ -136,7 +136,7 @@ public struct BenchRunner {
 
     /// The whole harness: Machine + VMM + a chain of `depth` Swift handlers.
     func vmmRow(_ backend: BackendKind, _ kind: BenchFaultKind, _ depth: Int) -> FaultBenchRow {
-        let n = settings.iterations(for: backend), warm = settings.warmup(for: backend)
+        let n = settings.iterations(for: backend, depth: depth), warm = max(1, Int(Double(n) * settings.warmupFraction))
         do {
             let machine = try makeMachine(backend, image: BenchGuests.faultLoop(kind, count: UInt32(n + warm + 1)))
             let vmm = try BenchRunner.makeVMM(kind, depth: depth)
