@@ -10,20 +10,34 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // The only C in the project: linux/kvm.h constants and fixed-arity ioctl wrappers.
         .target(name: "CKVM", path: "CKVM"),
+        // The benchmark's C baseline: a minimal KVM fault loop that owns its own VM (see docs/benchmarks.md).
+        .target(name: "CFaultFloor", path: "Sources/CFaultFloor"),
+        // A malloc/free interposer that counts allocations; linked into the vmm-harness executable
+        // only, so the library and its tests keep the system allocator untouched.
+        .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),
         .target(
             name: "VMMHarness",
-            dependencies: ["CKVM"]
+            dependencies: [
+                "CKVM",
+                "CFaultFloor",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
         ),
         .executableTarget(
             name: "vmm-harness",
             dependencies: [
                 "VMMHarness",
+                "CMallocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+            ],
+            // main.swift holds the @main command; with more than one file in the target the
+            // compiler must be told it is not top-level code.
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         // The README's example program, built with the package so it cannot rot.
         .executableTarget(name: "readme-example", dependencies: ["VMMHarness"], path: "Examples/ReadmeExample"),
