@@ -71,7 +71,10 @@ public final class DifferentialRunner {
     public static let memorySize = 4 << 20
     private var kvmBackend: KVMBackend?
     private var kvmMemory: GuestMemory?
-    private let assist: (any InstructionAssist)?
+    private let assist: RecordingAssist?
+    /// How many times each instruction (first byte after prefixes, as hex) was finished by the
+    /// instruction assist on KVM, over every run of this runner.
+    public var assistedOpcodes: [String: Int] { assist?.counts ?? [:] }
     private let host = HostDescription.current()
 
     /// Creates a runner; `kvm` false runs only the interpreter.
@@ -85,7 +88,7 @@ public final class DifferentialRunner {
                 throw .unsupported("KVM backend: \(KVMDiagnosis.explain(error))")
             }
         }
-        assist = Harness.makeAssist()
+        assist = Harness.makeAssist().map(RecordingAssist.init)
     }
 
     /// The fault handling: skip the faulting instruction, resume traps as they are.
@@ -125,6 +128,7 @@ public final class DifferentialRunner {
             machine = try Harness.makeMachine(image: image, choice: .interpreter, options: options)
         }
         machine.faultHandling = Self.skipper(Array(image.bytes.prefix(GeneratedProgram.codeSize)))
+        let assistsBefore = machine.backend.statistics.assists
         let report = machine.run()
         let data = (try? machine.memory.readBytes(GeneratedProgram.dataBase, count: GeneratedProgram.dataSize)) ?? []
         var stack: [UInt8] = []
@@ -134,7 +138,7 @@ public final class DifferentialRunner {
         return ProgramOutcome(exit: report.exit.reason, exitMessage: report.exit.message,
                               faults: report.faults.map { .init(vector: $0.vector, errorCode: $0.errorCode, eip: $0.eip, eflags: $0.eflags) },
                               faultCount: report.faultCount, registers: report.finalRegisters, data: data, stack: stack,
-                              assists: report.statistics.assists)
+                              assists: report.statistics.assists &- assistsBefore)
     }
 
     /// The differences between two outcomes of `program`, with flags the program leaves undefined
@@ -183,8 +187,16 @@ public final class DifferentialRunner {
     /// Runs `program` on both backends; nil when they agree, otherwise the mismatch narrowed down
     /// to the first differing instruction by running prefixes (binary search).
     public func compare(_ program: GeneratedProgram) throws(HarnessError) -> (mismatch: DifferentialMismatch?, assists: UInt64) {
+        try compare(program, interpreterRuns: program)
+    }
+
+    /// `compare(_:)`, with the interpreter running `variant` (the same program with an instruction
+    /// changed: the tests check that the comparison and the narrowing find it).
+    func compare(_ program: GeneratedProgram, interpreterRuns variant: GeneratedProgram) throws(HarnessError)
+        -> (mismatch: DifferentialMismatch?, assists: UInt64)
+    {
         let k = try run(program.image(), on: .kvm)
-        let i = try run(program.image(), on: .interpreter)
+        let i = try run(variant.image(), on: .interpreter)
         let diff = Self.differences(k, i, program: program)
         guard !diff.isEmpty else { return (nil, k.assists) }
         // Smallest prefix length whose run differs: prefix(0) is a lone HLT; the full program differs.
@@ -193,7 +205,7 @@ public final class DifferentialRunner {
         while lo + 1 < hi {
             let mid = (lo + hi) / 2
             let pk = try run(program.image(prefix: mid), on: .kvm)
-            let pi = try run(program.image(prefix: mid), on: .interpreter)
+            let pi = try run(variant.image(prefix: mid), on: .interpreter)
             let pd = Self.differences(pk, pi, program: program)
             if pd.isEmpty { lo = mid } else { hi = mid; best = (pd, pk, pi) }
         }
@@ -201,6 +213,24 @@ public final class DifferentialRunner {
         let ins = program.instructions.indices.contains(index) ? program.instructions[index] : nil
         return (DifferentialMismatch(seed: program.seed, instructionIndex: ins == nil ? nil : index, instruction: ins,
                                      differences: best.0, kvm: best.1, interpreter: best.2, listing: program.listing), k.assists)
+    }
+}
+
+/// Counts the instructions KVM left to the assist, by opcode, and passes them on.
+final class RecordingAssist: InstructionAssist {
+    let inner: any InstructionAssist
+    var counts: [String: Int] = [:]
+    init(_ inner: any InstructionAssist) { self.inner = inner }
+
+    func assist(state: inout CPUState, memory: GuestMemory) -> AssistOutcome {
+        if let bytes = try? memory.readBytes(state.eip &+ state.cs.base, count: 4) {
+            var i = 0
+            while i < 3, [0x66, 0x67, 0xF2, 0xF3].contains(bytes[i]) { i += 1 }
+            var key = hex(bytes[i], width: 2, prefix: "")
+            if bytes[i] == 0x0F { key += " " + hex(bytes[i + 1], width: 2, prefix: "") }
+            counts[key, default: 0] += 1
+        }
+        return inner.assist(state: &state, memory: memory)
     }
 }
 
@@ -220,6 +250,8 @@ public enum DifferentialCampaign {
         public var assists: UInt64 = 0
         public var seconds = 0.0
         public var mismatches: [DifferentialMismatch] = []
+        /// Instructions finished by the assist on KVM, by opcode.
+        public var assistedOpcodes: [String: Int] = [:]
     }
 
     /// Runs `count` programs from `seed` on both backends; stops collecting after `maxMismatches`.
@@ -239,6 +271,7 @@ public enum DifferentialCampaign {
             progress?(n, result)
         }
         result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        result.assistedOpcodes = runner.assistedOpcodes
         return result
     }
 }
