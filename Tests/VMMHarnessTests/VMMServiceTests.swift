@@ -56,13 +56,17 @@ import Testing
     @Test func asyncFlagsFollowTheReference() {
         let table = VMMServiceTable.standard
         let sync = table.services.values.filter { !$0.isAsynchronous }.map(\.name).sorted()
-        #expect(sync == ["Hook_VMM_Fault", "Unhook_VMM_Fault"])
-        #expect(table.services.count == 12)
+        #expect(sync == ["Get_Fault_Hook_Addrs", "Get_NMI_Handler_Addr", "Hook_NMI_Event", "Hook_PM_Fault", "Hook_V86_Fault",
+                         "Hook_VMM_Fault", "Set_NMI_Handler_Addr", "Unhook_PM_Fault", "Unhook_V86_Fault", "Unhook_VMM_Fault"])
+        #expect(table.services.count == 20)
         let expected: [UInt16: String] = [
             0x00: "Get_VMM_Version", 0x01: "Get_Cur_VM_Handle", 0x02: "Test_Cur_VM_Handle",
             0x03: "Get_Sys_VM_Handle", 0x06: "Get_VMM_Reenter_Count", 0x07: "Begin_Reentrant_Execution",
             0x08: "End_Reentrant_Execution", 0x81: "Hook_VMM_Fault", 0x11B: "Unhook_VMM_Fault",
             0xBE: "Fatal_Error_Handler", 0xC2: "Out_Debug_String", 0xC3: "Out_Debug_Chr",
+            0x16: "Get_NMI_Handler_Addr", 0x17: "Set_NMI_Handler_Addr", 0x18: "Hook_NMI_Event",
+            0x7E: "Get_Fault_Hook_Addrs", 0x7F: "Hook_V86_Fault", 0x80: "Hook_PM_Fault",
+            0x119: "Unhook_V86_Fault", 0x11A: "Unhook_PM_Fault",
         ]
         #expect(table.services.mapValues(\.name) == expected)
     }

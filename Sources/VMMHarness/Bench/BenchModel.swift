@@ -11,8 +11,9 @@ public enum BenchFaultKind: String, CaseIterable, Codable, Sendable {
     case generalProtection = "gp"
     /// `INT 30h`: a software interrupt; the frame's EIP is already past it, the handler changes nothing.
     case softwareInterrupt = "int"
-    /// `INT 20h` followed by a service dword, the Windows 9x VMMcall. For now it reaches the VMM
-    /// through the fault path like any INT n; the handler skips the dword.
+    /// `INT 20h` followed by a service dword, the Windows 9x VMMcall (here Get_Cur_VM_Handle, which returns EBX only). The
+    /// VMM serves it from its service table (not through the fault chains) and resumes after the
+    /// dword, so the chain depth does not apply to it.
     case vmmCall = "vmmcall"
 
     /// Interrupt vector the fault arrives on.
@@ -33,7 +34,7 @@ public enum BenchFaultKind: String, CaseIterable, Codable, Sendable {
         case .divideError: return [0xF7, 0xF3]                           // div ebx
         case .generalProtection: return [0x8E, 0xD8]                     // mov ds, ax
         case .softwareInterrupt: return [0xCD, 0x30]                     // int 30h
-        case .vmmCall: return [0xCD, 0x20, 0x00, 0x00, 0x01, 0x00]       // int 20h; dd 00010000h (Get_VMM_Version)
+        case .vmmCall: return [0xCD, 0x20, 0x01, 0x00, 0x01, 0x00]       // int 20h; dd 00010001h (Get_Cur_VM_Handle: EBX only)
         }
     }
 

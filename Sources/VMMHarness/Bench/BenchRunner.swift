@@ -140,9 +140,10 @@ public struct BenchRunner {
         do {
             let machine = try makeMachine(backend, image: BenchGuests.faultLoop(kind, count: UInt32(n + warm + 1)))
             let vmm = try BenchRunner.makeVMM(kind, depth: depth)
-            vmm.guestMemory = machine.memory
+            let handling = VMMFaultHandling(vmm: vmm)
+            handling.attach(to: machine)
             let clock = RoundTripClock(warmup: warm, measured: n, allocations: allocationCounter)
-            machine.faultHandling = TimedFaultHandling(inner: VMMFaultHandling(vmm: vmm), clock: clock)
+            machine.faultHandling = TimedFaultHandling(inner: handling, clock: clock)
             let report = machine.run()
             return finish(backend.rawValue, .vmm, kind, .swift, depth, report: report, expected: n + warm + 1, clock: clock)
         } catch {

@@ -138,8 +138,9 @@ public final class Machine {
         let now = DispatchTime.now().uptimeNanoseconds
         startTime = now
         deadline = options.timeout.map { now + UInt64($0 * 1e9) }
-        if let timeout = options.timeout, let kvm = backend as? KVMBackend {
-            watchdog.arm(after: timeout) { kvm.kick() }
+        if let timeout = options.timeout {
+            let kvm = backend as? KVMBackend
+            watchdog.arm(after: timeout) { kvm?.kick() }
         }
     }
 
@@ -152,7 +153,8 @@ public final class Machine {
             finish(.backendError, error.description)
             return nil
         }
-        if case .interrupted = exit, let deadline, DispatchTime.now().uptimeNanoseconds >= deadline {
+        // Checked on every exit, so a guest that exits often (ports, faults) cannot outlive it either.
+        if deadline != nil, watchdog.expired {
             finish(.timeout, "the run did not finish within \(options.timeout ?? 0) s")
             return nil
         }
@@ -255,8 +257,7 @@ public final class Machine {
             guard let exit = runOnce() else {
                 throw .guestProtocol("\(purpose): \(finished?.message ?? "stopped")")
             }
-            if endedBefore != nil, case .interrupted = exit, let deadline,
-               DispatchTime.now().uptimeNanoseconds >= deadline {
+            if endedBefore != nil, deadline != nil, watchdog.expired {
                 throw .guestProtocol("\(purpose): the run timed out")
             }
             switch exit {
@@ -565,23 +566,39 @@ public final class Machine {
     }
 }
 
-/// Calls a closure once after a delay unless cancelled first (the KVM timeout kick).
+/// A run's timeout clock on its own thread: at the deadline it marks the run expired and calls
+/// `onExpire` (the KVM kick), unless cancelled first. A thread of its own (not a dispatch queue) so
+/// a busy process cannot delay it.
 final class Watchdog: @unchecked Sendable {
-    private let lock = NSLock()
+    private let condition = NSCondition()
     private var cancelled = false
+    private var fired = false
 
-    func arm(after seconds: Double, _ body: @escaping @Sendable () -> Void) {
-        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
-            lock.lock()
-            let c = cancelled
-            lock.unlock()
-            if !c { body() }
+    /// Whether the deadline has passed.
+    var expired: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return fired
+    }
+
+    func arm(after seconds: Double, _ onExpire: @escaping @Sendable () -> Void) {
+        let deadline = Date(timeIntervalSinceNow: seconds)
+        let thread = Thread { [self] in
+            condition.lock()
+            while !cancelled && Date() < deadline { _ = condition.wait(until: deadline) }
+            let fire = !cancelled
+            if fire { fired = true }
+            condition.unlock()
+            if fire { onExpire() }
         }
+        thread.name = "vmm-harness watchdog"
+        thread.start()
     }
 
     func cancel() {
-        lock.lock()
+        condition.lock()
         cancelled = true
-        lock.unlock()
+        condition.signal()
+        condition.unlock()
     }
 }
