@@ -11,7 +11,7 @@ public struct MachineOptions: Sendable {
     /// The same fault with identical registers this many times in a row ends the run as a fault storm.
     public var faultStormLimit = 64
     /// Interpreter instructions per slice between clock checks.
-    public var sliceInstructions = 1 << 20
+    public var sliceInstructions = 1 << 16
     /// Record every frame field in each fault record.
     public var recordFrames = true
     public init() {}
