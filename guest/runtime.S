@@ -5,7 +5,8 @@
  * be written as constants (ELF cannot relocate split descriptor fields):
  *   1000h  header   "VMMH", version, then base/limit of GDT, IDT, TSS, stub area
  *   1100h  GDT      8 descriptors (selectors in MemoryMap.swift, enum Selectors)
- *   1200h  IDT      50h interrupt gates, vectors 00h-4Fh, each pointing at its stub
+ *   1200h  IDT      60h interrupt gates: 00h-4Fh (exceptions, software interrupts) and
+ *                    50h-5Fh (the virtual PIC's IRQ 0-15), each pointing at its stub
  *   1500h  TSS      32-bit TSS: SS0 = 30h, ESP0 = 0002_0000h, no I/O bitmap
  *   1600h  stubs    16 bytes per vector
  *
@@ -31,7 +32,7 @@ _runtime_start:
     .set TSS_ADDR,     0x1500
     .set STUB_ADDR,    0x1600
     .set STUB_SIZE,    16
-    .set VECTORS,      0x50
+    .set VECTORS,      0x60
     .set FAULT_PORT,   0x80
     .set RING0_CS,     0x28
     .set RING0_DS,     0x30
@@ -68,8 +69,9 @@ idt:
     .word (STUB_ADDR + v * STUB_SIZE) & 0xFFFF   /* offset 15:0 */
     .word RING0_CS
     /* 32-bit interrupt gate; DPL 3 for INT3, INTO and the software vectors 30h-4Fh so ring-3
-       code may raise them, DPL 0 elsewhere (a ring-3 INT n there is a #GP, as on Windows). */
-    .if (v == 3) || (v == 4) || (v >= 0x30)
+       code may raise them, DPL 0 elsewhere (a ring-3 INT n there is a #GP, as on Windows; the
+       IRQ vectors 50h-5Fh are reached only by the virtual PIC's delivery). */
+    .if (v == 3) || (v == 4) || ((v >= 0x30) && (v < 0x50))
     .word 0xEE00
     .else
     .word 0x8E00

@@ -50,10 +50,11 @@ public enum Selectors {
 
 /// The I/O ports of the guest/host protocol.
 public enum Ports {
-    /// An IDT stub for vector v exits with `OUT` to port `faultBase + v` (80h–CFh).
+    /// An IDT stub for vector v exits with `OUT` to port `faultBase + v` (80h–DFh).
     public static let faultBase: UInt16 = 0x80
-    /// Number of vectors with stubs (00h–4Fh).
-    public static let vectorCount: UInt16 = 0x50
+    /// Number of vectors with stubs: 00h–4Fh (what Hook_VMM_Fault covers) and 50h–5Fh (the
+    /// virtual PIC's IRQ 0–15).
+    public static let vectorCount: UInt16 = 0x60
     /// Runtime services ("hypercalls"): EAX = function, see `RuntimeCall`.
     public static let control: UInt16 = 0xF0
     /// Debug console: each byte written is appended to the run's console output.
@@ -78,4 +79,11 @@ public enum RuntimeCall: UInt32, Sendable {
     case enterRing3 = 1
     /// Record EBX as a named checkpoint value (ECX = tag) in the report.
     case checkpoint = 2
+    /// Enter V86 mode at CS:IP = EDI[15:0]:ECX with SS:SP = EDI[31:16]:EDX, DS = ES = FS = GS = CS,
+    /// EFLAGS = ESI with VM set. (Needs a host that runs V86: the interpreter on PVM hosts.)
+    case enterV86 = 3
+    /// Raise a non-maskable interrupt: KVM_NMI on KVM, the same delivery in the interpreter.
+    case raiseNMI = 4
+    /// Raise IRQ ECX (0–15) at the virtual PIC; it is delivered on vector 50h+IRQ when EFLAGS.IF is set.
+    case raiseIRQ = 5
 }

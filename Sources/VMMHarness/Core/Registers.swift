@@ -147,8 +147,8 @@ public struct CPUState: Equatable, Hashable, Sendable {
 
     public init() {}
 
-    /// Current privilege level (CS.RPL in protected mode).
-    public var cpl: UInt8 { UInt8(cs.selector & 3) }
+    /// Current privilege level: 3 in V86 mode, else CS.RPL.
+    public var cpl: UInt8 { eflags & EFlags.vm != 0 ? 3 : UInt8(cs.selector & 3) }
 
     /// General register by its x86 encoding number (0 = EAX, 1 = ECX, ... 7 = EDI).
     public subscript(gpr index: Int) -> UInt32 {

@@ -27,6 +27,9 @@ extension GuestIncludes {
 #define PORT_CONSOLE    0xE9   /* debug console: OUT a byte */
 #define RT_ENTER_RING3  1      /* ECX = EIP, EDX = ESP, ESI = EFLAGS */
 #define RT_CHECKPOINT   2      /* ECX = tag, EBX = value: recorded in the report */
+#define RT_ENTER_V86    3      /* ECX = IP, EDX = SP, ESI = EFLAGS, EDI = SS << 16 | CS */
+#define RT_RAISE_NMI    4      /* an NMI arrives after the OUT */
+#define RT_RAISE_IRQ    5      /* ECX = IRQ 0-15, delivered on vector 50h+IRQ when IF is set */
 
 /* ENTER_RING3 target, stack, eflags: continue at `target` in ring 3 (flat selectors 1Bh/23h).
  * The host does the switch, so it works where IRET cannot run (PVM KVM). Clobbers EAX, ECX, EDX, ESI. */
@@ -43,6 +46,29 @@ extension GuestIncludes {
     movl \value, %ebx
     movl $\tag, %ecx
     movl $RT_CHECKPOINT, %eax
+    outb %al, $PORT_CONTROL
+.endm
+
+/* ENTER_V86 cs, ip, ss, sp, eflags: continue in virtual-8086 mode. Clobbers EAX, ECX, EDX, ESI, EDI. */
+.macro ENTER_V86 cs, ip, ss, sp, eflags=0x3002
+    movl $RT_ENTER_V86, %eax
+    movl $\ip, %ecx
+    movl $\sp, %edx
+    movl $\eflags, %esi
+    movl $((\ss << 16) | \cs), %edi
+    outb %al, $PORT_CONTROL
+.endm
+
+/* RAISE_NMI: an NMI is delivered right after this (vector 02h). Clobbers EAX. */
+.macro RAISE_NMI
+    movl $RT_RAISE_NMI, %eax
+    outb %al, $PORT_CONTROL
+.endm
+
+/* RAISE_IRQ n: IRQ n at the virtual PIC. Clobbers EAX, ECX. */
+.macro RAISE_IRQ irq
+    movl $RT_RAISE_IRQ, %eax
+    movl $\irq, %ecx
     outb %al, $PORT_CONTROL
 .endm
 

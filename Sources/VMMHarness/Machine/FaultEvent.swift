@@ -29,6 +29,16 @@ public protocol FaultHandling: AnyObject {
     func handleFault(_ event: FaultEvent, frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution
 }
 
+/// The virtual interrupt controller the machine asks about hardware interrupts (the VMM's
+/// virtual PIC). The machine delivers a pending IRQ on its vector (50h + IRQ) when the guest's
+/// EFLAGS.IF allows it, exactly as the CPU delivers an external interrupt through the IDT.
+public protocol InterruptController: AnyObject {
+    /// Records a request for `irq`; false (and a reason) if the controller refuses it.
+    func raise(irq: UInt8) -> String?
+    /// The vector of the highest-priority pending request, if any.
+    var pendingVector: UInt8? { get }
+}
+
 /// Extra, handler-specific information attached to a fault record.
 public struct FaultDetails: Sendable, Codable, Equatable {
     /// Human-readable lines (the `--trace` listing).
@@ -73,6 +83,7 @@ public enum ExceptionNames {
         case 0x12: return "#MC"
         case 0x13: return "#XM"
         case 0x20: return "INT 20h (VMMcall)"
+        case 0x50...0x5F: return "IRQ \(v - 0x50)"
         default: return "INT \(hex(v, width: 2))"
         }
     }

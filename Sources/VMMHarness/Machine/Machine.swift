@@ -47,6 +47,8 @@ public final class Machine {
     public var faultHandling: (any FaultHandling)?
     /// Finishes instructions KVM cannot emulate.
     public var assist: (any InstructionAssist)?
+    /// The virtual PIC: pending hardware interrupts are delivered through the IDT when IF allows.
+    public var interruptController: (any InterruptController)?
 
     private var report: RunReport
     private var lastFault: (vector: UInt8, frame: ClientRegisters)?
@@ -118,6 +120,7 @@ public final class Machine {
         while finished == nil {
             guard let exit = runOnce() else { break }
             handle(exit)
+            if interruptController?.pendingVector != nil { deliverPendingInterrupt() }
         }
         let end = DispatchTime.now().uptimeNanoseconds
         if let s = try? backend.readState() { report.finalRegisters = RegisterSnapshot(s) }
@@ -356,12 +359,62 @@ public final class Machine {
                 try backend.writeState(s)
             case .checkpoint:
                 report.checkpoints.append(Checkpoint(tag: s.ecx, value: s.ebx))
+            case .enterV86:
+                func v86(_ sel: UInt32) -> SegmentRegister {
+                    let sel = UInt16(truncatingIfNeeded: sel)
+                    return SegmentRegister(selector: sel, base: UInt32(sel) << 4, limit: 0xFFFF, type: 0x3,
+                                           isCodeOrData: true, dpl: 3, present: true)
+                }
+                let cs = v86(s.edi & 0xFFFF)
+                s.cs = cs; s.ds = cs; s.es = cs; s.fs = cs; s.gs = cs
+                s.ss = v86(s.edi >> 16)
+                s.eip = s.ecx & 0xFFFF
+                s.esp = s.edx & 0xFFFF
+                s.eflags = (s.esi & Machine.resumableFlags) | EFlags.vm | EFlags.reserved1
+                try backend.writeState(s)
+            case .raiseNMI:
+                try raiseNMI()
+            case .raiseIRQ:
+                guard let pic = interruptController else {
+                    finish(.invalidResume, "IRQ \(s.ecx) raised, but no virtual PIC is attached")
+                    return
+                }
+                if let why = pic.raise(irq: UInt8(truncatingIfNeeded: min(s.ecx, 255))) {
+                    finish(.invalidResume, "IRQ \(s.ecx) refused by the virtual PIC: \(why)")
+                }
             case nil:
                 finish(.invalidResume, "unknown runtime call \(hex(s.eax)) at \(hex(s.eip))")
             }
         } catch {
             finish(.backendError, error.description)
         }
+    }
+
+    /// Delivers a non-maskable interrupt to the guest: `KVM_NMI` on KVM; on the interpreter the
+    /// same delivery through IDT vector 02h.
+    public func raiseNMI() throws(HarnessError) {
+        if let kvm = backend as? KVMBackend {
+            try kvm.vcpu.injectNMI()
+        } else {
+            try deliverExternal(vector: 0x02)
+        }
+    }
+
+    /// Delivers the virtual PIC's pending request through the IDT when the guest's IF is set, as
+    /// the CPU takes an external interrupt (the interpreter performs the delivery on the current
+    /// state, for both backends). The stub for 50h+IRQ then exits to the host like any fault.
+    func deliverPendingInterrupt() {
+        guard finished == nil, let vector = interruptController?.pendingVector else { return }
+        guard let s = try? backend.readState(), s.eflags & EFlags.if != 0 else { return }
+        do { try deliverExternal(vector: vector) } catch { finish(.backendError, "delivering vector \(hex(vector, width: 2)): \(error)") }
+    }
+
+    private func deliverExternal(vector: UInt8) throws(HarnessError) {
+        let interpreter = Interpreter(memory: memory, state: try backend.readState())
+        if let stop = interpreter.deliverExternalInterrupt(vector: vector) {
+            if case let .shutdown(reason) = stop { finish(.shutdown, reason); return }
+        }
+        try backend.writeState(interpreter.state)
     }
 
     /// EFLAGS bits a frame may set on resume (no VM: V86 is not resumed through frames; no RF/VIF/VIP).
@@ -537,10 +590,22 @@ public final class Machine {
     /// The CPU state the guest continues with: the frame's registers, with every segment register
     /// reloaded from the GDT with the checks IRET would make.
     func resumeState(from frame: ClientRegisters, event: FaultEvent) throws(SegmentLoadError) -> CPUState {
-        guard frame.eflags & EFlags.vm == 0 else {
-            throw SegmentLoadError(register: "EFLAGS", selector: 0, reason: "resuming V86 mode from a frame is not supported yet")
-        }
         var s = event.stubState
+        if frame.eflags & EFlags.vm != 0 {
+            // Back to virtual-8086 mode: segments are real-mode style (base = selector << 4).
+            func v86(_ sel: UInt16) -> SegmentRegister {
+                SegmentRegister(selector: sel, base: UInt32(sel) << 4, limit: 0xFFFF, type: 0x3, isCodeOrData: true,
+                                dpl: 3, present: true)
+            }
+            s.eax = frame.eax; s.ebx = frame.ebx; s.ecx = frame.ecx; s.edx = frame.edx
+            s.esi = frame.esi; s.edi = frame.edi; s.ebp = frame.ebp
+            s.eip = frame.eip & 0xFFFF
+            s.esp = frame.esp & 0xFFFF
+            s.eflags = (frame.eflags & Machine.resumableFlags) | EFlags.vm | EFlags.reserved1
+            s.cs = v86(frame.cs); s.ss = v86(frame.ss); s.ds = v86(frame.ds); s.es = v86(frame.es)
+            s.fs = v86(frame.fs); s.gs = v86(frame.gs)
+            return s
+        }
         s.eax = frame.eax; s.ebx = frame.ebx; s.ecx = frame.ecx; s.edx = frame.edx
         s.esi = frame.esi; s.edi = frame.edi; s.ebp = frame.ebp
         s.eip = frame.eip

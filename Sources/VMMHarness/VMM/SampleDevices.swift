@@ -2,7 +2,7 @@
 /// `vmm-harness run --device NAME`. Each hooks faults in one of the three tiers.
 public enum SampleDevices {
     /// The names `make(_:memory:)` knows.
-    public static let names = ["late-observer", "critical-fixer", "critical-observer"]
+    public static let names = ["late-observer", "critical-fixer", "critical-observer", "pic-nmi-demo"]
 
     /// Vectors the sample devices hook: #DE, #UD, #GP.
     public static let vectors: [UInt32] = [0x00, 0x06, 0x0D]
@@ -16,6 +16,8 @@ public enum SampleDevices {
         case "critical-fixer":
             return HookingDevice(name: "CRITFIX", deviceID: 0x7F02, initOrder: 0x1000, hookAt: .sysCriticalInit,
                                  memory: memory, processes: true)
+        case "pic-nmi-demo":
+            return PICNMIDemoDevice()
         case "critical-observer":
             return HookingDevice(name: "CRITOBS", deviceID: 0x7F03, initOrder: 0x1000, hookAt: .sysCriticalInit,
                                  memory: memory, processes: false)
@@ -73,4 +75,38 @@ final class HookingDevice: VirtualDevice {
         }
         return true
     }
+}
+
+/// At Device_Init: virtualizes IRQ 3 (VPICD_Virtualize_IRQ) with a handler that processes it and
+/// sets Client_EBX to `SampleDevices.irqMarker`; installs an NMI handler that
+/// passes the NMI on (Get/Set_NMI_Handler_Addr) and an NMI event (Hook_NMI_Event) that sets
+/// Client_ECX to `SampleDevices.nmiMarker`.
+final class PICNMIDemoDevice: VirtualDevice {
+    let name = "PICNMI"
+    let deviceID: UInt16 = 0x7F04
+    let initOrder: UInt32 = 0x2000
+
+    func control(message: ControlMessage, vm: VMHandle, vmm: VirtualMachineManager) -> Bool {
+        guard message == .deviceInit else { return true }
+        do {
+            _ = try vmm.virtualizeIRQ(irq: 3, name: "PICNMI IRQ 3") { _, frame, _ in
+                frame.ebx = SampleDevices.irqMarker
+                return .processed
+            }
+            _ = try vmm.installNMIHandler(name: "PICNMI NMI") { _, _, _ in .passedOn }
+            try vmm.hookNMIEvent(name: "PICNMI NMI event") { _, frame, _ in
+                frame.ecx = SampleDevices.nmiMarker
+            }
+        } catch {
+            return false
+        }
+        return true
+    }
+}
+
+extension SampleDevices {
+    /// Client_EBX after `pic-nmi-demo`'s IRQ 3 handler ran.
+    public static let irqMarker: UInt32 = 0x1A0_0003
+    /// Client_ECX after `pic-nmi-demo`'s NMI event ran.
+    public static let nmiMarker: UInt32 = 0x0A0_0002
 }

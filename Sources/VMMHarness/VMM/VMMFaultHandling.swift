@@ -4,7 +4,7 @@
 ///
 /// It also serves `VMMcall` (INT 20h from ring 0) with the VMM's service table, and runs guest
 /// fault handlers (`GuestFaultCallout`) and guest devices' control procedures in the guest.
-public final class VMMFaultHandling: FaultHandling, GuestFaultCallout {
+public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, InterruptController {
     public let vmm: VirtualMachineManager
     /// The machine whose guest runs guest handlers. Set by `attach(to:)`.
     public private(set) weak var machine: Machine?
@@ -19,7 +19,17 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout {
         vmm.guestMemory = machine.memory
         vmm.guestCallout = self
         machine.faultHandling = self
+        machine.interruptController = self
     }
+
+    // MARK: InterruptController (the virtual PIC)
+
+    public func raise(irq: UInt8) -> String? {
+        do { try vmm.raiseIRQ(irq) } catch { return error.description }
+        return nil
+    }
+
+    public var pendingVector: UInt8? { vmm.nextPendingIRQ.map { VirtualPIC.baseVector &+ $0 } }
 
     public func handleFault(_ event: FaultEvent, frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution {
         if event.vector == 0x20 && event.ring == 0 && frame.eflags & EFlags.vm == 0 {
@@ -31,8 +41,15 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout {
         var entry = HandlerRegisters(event.stubState)
         entry.eax = frame.eax; entry.ebx = frame.ebx; entry.ecx = frame.ecx; entry.edx = frame.edx
         entry.esi = frame.esi; entry.edi = frame.edi
+        if event.vector == 0x02 { return nmi(event, frame: &frame, entry: entry, details: &details) }
+        if let irq = VirtualPIC.irq(forVector: event.vector) {
+            return irqDelivery(irq, event, frame: &frame, entry: entry, details: &details)
+        }
+        // The mode the fault came from picks the chain: V86 -> Hook_V86_Fault's, ring 3 (a
+        // protected-mode application) -> Hook_PM_Fault's, ring 0 -> Hook_VMM_Fault's.
+        let chain: FaultChainKind = frame.eflags & EFlags.vm != 0 ? .v86 : event.ring != 0 ? .pm : .vmm
         do {
-            let outcome = try vmm.dispatchFault(vector: event.vector, frame: &frame, frameAddress: event.frameAddress,
+            let outcome = try vmm.dispatchFault(chain, vector: event.vector, frame: &frame, frameAddress: event.frameAddress,
                                                 entryRegisters: entry)
             details.dispatch = outcome.trace
             details.trace = outcome.trace.description.split(separator: "\n").map(String.init)
@@ -56,6 +73,38 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout {
         }
     }
 
+    // MARK: NMI and IRQ
+
+    func nmi(_ event: FaultEvent, frame: inout ClientRegisters, entry: HandlerRegisters,
+             details: inout FaultDetails) -> FaultResolution {
+        do {
+            let outcome = try vmm.dispatchNMI(frame: &frame, frameAddress: event.frameAddress, entryRegisters: entry)
+            details.trace = outcome.trace.description.split(separator: "\n").map(String.init)
+            if let t = outcome.termination { return .stop(reason: .fatalError, message: t.description) }
+            return .resume(handledBy: "NMI chain")
+        } catch {
+            details.trace = ["NMI: \(error)"]
+            return .stop(reason: .handlerError, message: "NMI: \(error)")
+        }
+    }
+
+    func irqDelivery(_ irq: UInt8, _ event: FaultEvent, frame: inout ClientRegisters, entry: HandlerRegisters,
+                     details: inout FaultDetails) -> FaultResolution {
+        do {
+            let outcome = try vmm.dispatchIRQ(irq, frame: &frame, frameAddress: event.frameAddress, entryRegisters: entry)
+            details.trace = outcome.trace.description.split(separator: "\n").map(String.init)
+            switch outcome.result {
+            case let .processed(_, _, name): return .resume(handledBy: "IRQ \(irq): \(name)")
+            case let .notProcessed(_, _, name): return .resume(handledBy: "IRQ \(irq): not processed by \(name)")
+            case .unvirtualized: return .resume(handledBy: "IRQ \(irq): no device virtualized it")
+            case .spurious: return .resume(handledBy: "spurious IRQ \(irq)")
+            }
+        } catch {
+            details.trace = ["IRQ \(irq): \(error)"]
+            return .stop(reason: .handlerError, message: "IRQ \(irq): \(error)")
+        }
+    }
+
     // MARK: VMMcall
 
     /// Serves `INT 20h` + dword from ring 0: the dword names the service (high word device,
@@ -76,7 +125,7 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout {
         let name = vmm.configuration.services[id.ordinal].map(\.name) ?? "service \(hex(id.ordinal, width: 4))"
         let caller = machine.image.symbolize(site).map { " <\($0.name)\($0.offset == 0 ? "" : "+\(hex($0.offset, width: 1, prefix: "0x"))")>" } ?? ""
         // Name a guest handler after its symbol before the hook service records it.
-        if id.device == VMMServiceTable.vmmDeviceID, id.ordinal == VMMServiceOrdinal.hookVMMFault,
+        if id.device == VMMServiceTable.vmmDeviceID, [0x7F, 0x80, 0x81, 0x17, 0x18].contains(id.ordinal),
            !VMMHostArea.isHandlerSlot(regs.esi), vmm.guestHandlerNames[FaultHandlerAddress(regs.esi)] == nil {
             vmm.guestHandlerNames[FaultHandlerAddress(regs.esi)] = machine.image.symbolize(regs.esi).map {
                 $0.offset == 0 ? $0.name : "\($0.name)+\(hex($0.offset, width: 1, prefix: "0x"))"
