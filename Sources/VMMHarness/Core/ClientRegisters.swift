@@ -118,3 +118,46 @@ public struct ClientRegisters: Equatable, Hashable, Sendable {
         set { eax = (eax & 0xFFFF_FF00) | UInt32(newValue) }
     }
 }
+
+extension ClientRegisters {
+    /// Reads the fields at 00h..`count` (a multiple of 4, at most 6Ch) from guest memory, dword by
+    /// dword (no intermediate buffers: this is on every fault's path). Other fields are left as they are.
+    public mutating func load(from memory: GuestMemory, at address: UInt32, count: Int) throws(MemoryAccessError) {
+        guard memory.contains(UInt64(address), count: count) else {
+            throw MemoryAccessError(address: UInt64(address), length: count, isWrite: false)
+        }
+        @inline(__always) func d(_ o: Int) throws(MemoryAccessError) -> UInt32 { try memory.read32(address &+ UInt32(o)) }
+        @inline(__always) func w(_ o: Int) throws(MemoryAccessError) -> UInt16 { UInt16(truncatingIfNeeded: try d(o)) }
+        typealias O = Offset
+        edi = try d(O.edi); esi = try d(O.esi); ebp = try d(O.ebp); pushadESP = try d(O.pushadESP)
+        ebx = try d(O.ebx); edx = try d(O.edx); ecx = try d(O.ecx); eax = try d(O.eax)
+        error = try d(O.error); eip = try d(O.eip); cs = try w(O.cs); eflags = try d(O.eflags)
+        guard count > O.esp else { return }
+        esp = try d(O.esp); ss = try w(O.ss)
+        guard count > O.es else { return }
+        es = try w(O.es); ds = try w(O.ds); fs = try w(O.fs); gs = try w(O.gs)
+        guard count > O.altEIP else { return }
+        altEIP = try d(O.altEIP); altCS = try w(O.altCS); altEFlags = try d(O.altEFlags); altESP = try d(O.altESP)
+        altSS = try w(O.altSS); altES = try w(O.altES); altDS = try w(O.altDS); altFS = try w(O.altFS); altGS = try w(O.altGS)
+    }
+
+    /// Writes the fields at 00h..`count` (a multiple of 4, at most 6Ch) into guest memory.
+    public func store(to memory: GuestMemory, at address: UInt32, count: Int) throws(MemoryAccessError) {
+        guard memory.contains(UInt64(address), count: count) else {
+            throw MemoryAccessError(address: UInt64(address), length: count, isWrite: true)
+        }
+        @inline(__always) func d(_ o: Int, _ v: UInt32) throws(MemoryAccessError) { try memory.write32(address &+ UInt32(o), v) }
+        typealias O = Offset
+        try d(O.edi, edi); try d(O.esi, esi); try d(O.ebp, ebp); try d(O.pushadESP, pushadESP)
+        try d(O.ebx, ebx); try d(O.edx, edx); try d(O.ecx, ecx); try d(O.eax, eax)
+        try d(O.error, error); try d(O.eip, eip); try d(O.cs, UInt32(cs)); try d(O.eflags, eflags)
+        guard count > O.esp else { return }
+        try d(O.esp, esp); try d(O.ss, UInt32(ss))
+        guard count > O.es else { return }
+        try d(O.es, UInt32(es)); try d(O.ds, UInt32(ds)); try d(O.fs, UInt32(fs)); try d(O.gs, UInt32(gs))
+        guard count > O.altEIP else { return }
+        try d(O.altEIP, altEIP); try d(O.altCS, UInt32(altCS)); try d(O.altEFlags, altEFlags); try d(O.altESP, altESP)
+        try d(O.altSS, UInt32(altSS)); try d(O.altES, UInt32(altES)); try d(O.altDS, UInt32(altDS))
+        try d(O.altFS, UInt32(altFS)); try d(O.altGS, UInt32(altGS))
+    }
+}

@@ -20,6 +20,13 @@ extension SegmentRegister {
 }
 
 extension CPUState {
+    /// Whether `a` and `b` agree on everything but the general registers, EIP and EFLAGS.
+    static func sameSystemState(_ a: CPUState, _ b: CPUState) -> Bool {
+        a.cs == b.cs && a.ss == b.ss && a.ds == b.ds && a.es == b.es && a.fs == b.fs && a.gs == b.gs &&
+            a.tr == b.tr && a.ldtr == b.ldtr && a.gdtr == b.gdtr && a.idtr == b.idtr &&
+            a.cr0 == b.cr0 && a.cr2 == b.cr2 && a.cr3 == b.cr3 && a.cr4 == b.cr4
+    }
+
     init(regs r: kvm_regs, sregs s: kvm_sregs) {
         self.init()
         apply(regs: r)
@@ -74,6 +81,8 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     public let vm: KVMVirtualMachine
     public let vcpu: KVMVCPU
     private var lastSregs: kvm_sregs?
+    /// The state last read or written, while it is still what the vCPU holds (cleared by `run`).
+    private var knownState: CPUState?
 
     /// Creates the VM and vCPU over `memory`, using the device at `devicePath`.
     public init(memory: GuestMemory, devicePath: String = KVMSystem.defaultPath) throws(HarnessError) {
@@ -88,12 +97,23 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     }
 
     public func readState() throws(HarnessError) -> CPUState {
+        if let knownState { return knownState }
         let s = try vcpu.getSregs()
         lastSregs = s
-        return CPUState(regs: try vcpu.getRegs(), sregs: s)
+        let state = CPUState(regs: try vcpu.getRegs(), sregs: s)
+        knownState = state
+        return state
     }
 
     public func writeState(_ state: CPUState) throws(HarnessError) {
+        // Fast path: when no segment, table or control register changes (a fault resumed in the
+        // same ring with the same selectors), only the general registers go back to KVM.
+        if let known = knownState, CPUState.sameSystemState(known, state) {
+            try vcpu.setRegs(state.kvmRegs)
+            knownState = state
+            return
+        }
+        knownState = state
         let base: kvm_sregs
         if let lastSregs { base = lastSregs } else { base = try vcpu.getSregs() }
         let s = state.kvmSregs(base: base)
@@ -107,11 +127,13 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     /// or system register changed).
     public func writeGeneralRegisters(_ state: CPUState) throws(HarnessError) {
         try vcpu.setRegs(state.kvmRegs)
+        knownState = nil
     }
 
     public func run(instructionBudget: Int) throws(HarnessError) -> GuestExit {
         statistics.runs += 1
         lastSregs = nil
+        knownState = nil
         return try vcpu.run()
     }
 

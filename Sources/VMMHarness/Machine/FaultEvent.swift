@@ -41,6 +41,9 @@ public protocol InterruptController: AnyObject {
 
 /// Extra, handler-specific information attached to a fault record.
 public struct FaultDetails: Sendable, Codable, Equatable {
+    /// Whether the machine will keep this record (it lists `MachineOptions.maxRecordedFaults`
+    /// faults). Handlers may skip building traces when it is false.
+    public var wanted = true
     /// Human-readable lines (the `--trace` listing).
     public var trace: [String] = []
     /// The VMM's dispatch of this fault: each handler visited, its tier, processed or passed on,

@@ -436,36 +436,42 @@ public final class Machine {
         report.faultCount += 1
         var frame = event.frame
         var details = FaultDetails()
+        // Faults beyond the listed ones get no record and no trace: the fast path allocates nothing.
+        let wanted = report.faults.count < options.maxRecordedFaults
+        details.wanted = wanted
         let resolution: FaultResolution
         if let faultHandling {
             resolution = faultHandling.handleFault(event, frame: &frame, details: &details)
         } else {
             resolution = .unhandled(report: "unhandled \(ExceptionNames.name(vector)) at \(hex(event.frame.cs, width: 4, prefix: "")):\(hex(event.frame.eip, prefix: ""))")
         }
-        var record = FaultRecord(index: index, vector: vector, name: ExceptionNames.name(vector),
+        var record: FaultRecord?
+        if wanted {
+            record = FaultRecord(index: index, vector: vector, name: ExceptionNames.name(vector),
                                  errorCode: event.frame.error, cs: event.frame.cs, eip: event.frame.eip,
                                  eflags: event.frame.eflags, ring: event.ring, frameAddress: event.frameAddress,
                                  symbol: image.symbolize(event.frame.eip).map { $0.offset == 0 ? $0.name : "\($0.name)+\(hex($0.offset, width: 1, prefix: "0x"))" },
                                  outcome: "", handledBy: "", resumeCS: nil, resumeEIP: nil,
-                                 frame: nil, details: details.trace.isEmpty && details.dispatch == nil ? nil : details)
-        if options.recordFrames { record.frame = Machine.frameDictionary(frame) }
+                                 frame: options.recordFrames ? Machine.frameDictionary(frame) : nil,
+                                 details: details.trace.isEmpty && details.dispatch == nil ? nil : details)
+        }
         defer {
-            if report.faults.count < options.maxRecordedFaults { report.faults.append(record) }
+            if let record { report.faults.append(record) }
         }
         switch resolution {
         case let .unhandled(text):
-            record.outcome = "unhandled"
-            record.handledBy = text
+            record?.outcome = "unhandled"
+            record?.handledBy = text
             finish(.unhandledFault, text)
             return
         case let .stop(reason, message):
-            record.outcome = "stopped"
-            record.handledBy = message
+            record?.outcome = "stopped"
+            record?.handledBy = message
             finish(reason, message)
             return
         case let .resume(by):
-            record.outcome = "resumed"
-            record.handledBy = by
+            record?.outcome = "resumed"
+            record?.handledBy = by
         }
         // Fault storm: the same fault with the same frame, again and again, means no progress.
         if let last = lastFault, last.vector == vector, last.frame == event.frame {
@@ -480,12 +486,12 @@ public final class Machine {
         lastFault = (vector, event.frame)
         do {
             let state = try resumeState(from: frame, event: event)
-            try? storeFrame(frame, at: event.frameAddress)
+            if frame != event.frame { try? storeFrame(frame, at: event.frameAddress) }
             try backend.writeState(state)
-            record.resumeCS = frame.cs
-            record.resumeEIP = frame.eip
+            record?.resumeCS = frame.cs
+            record?.resumeEIP = frame.eip
         } catch let e as SegmentLoadError {
-            record.outcome = "stopped"
+            record?.outcome = "stopped"
             finish(.invalidResume, "the frame left by the handlers cannot be resumed: \(e)")
         } catch {
             finish(.backendError, "\(error)")
@@ -502,11 +508,10 @@ public final class Machine {
             throw .unsupported("faults while paging is enabled (the host reads frames by physical address)")
         }
         let addr = st.esp &+ st.ss.base
-        let bytes: [UInt8]
-        do { bytes = try memory.readBytes(addr, count: ClientRegisters.stubFrameSize) } catch {
+        var frame = ClientRegisters()
+        do { try frame.load(from: memory, at: addr, count: ClientRegisters.stubFrameSize) } catch {
             throw .guestProtocol("the stub's frame at \(hex(addr)) is outside guest memory")
         }
-        var frame = ClientRegisters(bytes: bytes + [UInt8](repeating: 0, count: ClientRegisters.size - bytes.count)) ?? ClientRegisters()
         let fromV86 = frame.eflags & EFlags.vm != 0
         let ring: UInt8 = fromV86 ? 3 : UInt8(frame.cs & 3)
         do {
@@ -532,9 +537,7 @@ public final class Machine {
             // the Client_Reg_Struc continues above the CPU frame; for a ring-0 fault (the VMM's
             // re-entrant frame) DS, ES, FS, GS sit below EBP.
             if ring != 0 {
-                var tail = frame.bytes
-                tail = Array(tail[ClientRegisters.Offset.es...])
-                try memory.writeBytes(addr &+ UInt32(ClientRegisters.Offset.es), tail)
+                try frame.store(to: memory, at: addr, count: ClientRegisters.size)
             } else {
                 try memory.write32(addr &- 4, UInt32(frame.ds))
                 try memory.write32(addr &- 8, UInt32(frame.es))
@@ -553,9 +556,9 @@ public final class Machine {
     public func storeFrame(_ frame: ClientRegisters, at address: UInt32) throws(HarnessError) {
         do {
             if frame.cs & 3 != 0 || frame.eflags & EFlags.vm != 0 {
-                try memory.writeBytes(address, frame.bytes)
+                try frame.store(to: memory, at: address, count: ClientRegisters.size)
             } else {
-                try memory.writeBytes(address, frame.bytes.prefix(ClientRegisters.stubFrameSize))
+                try frame.store(to: memory, at: address, count: ClientRegisters.stubFrameSize)
                 try memory.write32(address &- 4, UInt32(frame.ds))
                 try memory.write32(address &- 8, UInt32(frame.es))
                 try memory.write32(address &- 12, UInt32(frame.fs))

@@ -48,11 +48,14 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         // The mode the fault came from picks the chain: V86 -> Hook_V86_Fault's, ring 3 (a
         // protected-mode application) -> Hook_PM_Fault's, ring 0 -> Hook_VMM_Fault's.
         let chain: FaultChainKind = frame.eflags & EFlags.vm != 0 ? .v86 : event.ring != 0 ? .pm : .vmm
+        vmm.recordsTraces = details.wanted
         do {
             let outcome = try vmm.dispatchFault(chain, vector: event.vector, frame: &frame, frameAddress: event.frameAddress,
                                                 entryRegisters: entry)
-            details.dispatch = outcome.trace
-            details.trace = outcome.trace.description.split(separator: "\n").map(String.init)
+            if details.wanted {
+                details.dispatch = outcome.trace
+                details.trace = outcome.trace.description.split(separator: "\n").map(String.init)
+            }
             switch outcome.result {
             case let .processed(_, name):
                 return .resume(handledBy: name)

@@ -213,6 +213,12 @@ public struct FrameSnapshot: Equatable, Sendable, Codable, CustomStringConvertib
         fields = Dictionary(named.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
         order = named.map(\.name)
     }
+    private init() {
+        fields = [:]
+        order = []
+    }
+    /// No fields (a dispatch that records no trace).
+    public static let empty = FrameSnapshot()
     public var description: String {
         order.map { "\($0)=\(vmmHex(fields[$0] ?? 0, 8))" }.joined(separator: " ")
     }

@@ -155,7 +155,26 @@ public final class VirtualMachineManager {
 
     // Dispatch state.
     var activeVector: UInt8?
-    var currentHandlerName: String?
+    /// Name of the handler running now, for diagnostics. Built only when asked for: the fault
+    /// path records the running record's index instead of formatting a string per visit.
+    var currentHandlerName: String? {
+        get {
+            if let currentHandlerLabel { return currentHandlerLabel }
+            guard let i = currentHandlerRecord, records.indices.contains(i) else { return nil }
+            return "\(records[i].name) at \(records[i].address)"
+        }
+        set {
+            currentHandlerLabel = newValue
+            currentHandlerRecord = nil
+        }
+    }
+    private var currentHandlerLabel: String?
+    private var currentHandlerRecord: Int?
+    /// Whether dispatches build their full trace (each visit's register and frame diffs, names,
+    /// outcome text). The machine turns it off for faults it will not list in the report (the
+    /// benchmark's loops), so the dispatch path allocates nothing; rule checks and diagnostics
+    /// work either way.
+    public var recordsTraces = true
     var currentVisitCalls: [ServiceCallRecord] = []
     var reentrantDepth = 0
 
@@ -722,7 +741,9 @@ public final class VirtualMachineManager {
             reentrantDepth = saved.depth
         }
 
-        var trace = FaultDispatchTrace(vector: vector, frameAddress: frameAddress, entryFrame: FrameSnapshot(frame),
+        let full = recordsTraces
+        var trace = FaultDispatchTrace(vector: vector, frameAddress: frameAddress,
+                                       entryFrame: full ? FrameSnapshot(frame) : FrameSnapshot.empty,
                                        visits: [], outcome: "", chain: chain)
         var registers = entryRegisters
         registers.ebx = currentVM
@@ -737,8 +758,9 @@ public final class VirtualMachineManager {
             let before = registers
             let frameBefore = frame
             var after = registers
-            currentHandlerName = "\(record.name) at \(record.address)"
-            currentVisitCalls = []
+            currentHandlerName = nil
+            currentHandlerRecord = index
+            if !currentVisitCalls.isEmpty { currentVisitCalls = [] }
             let terminationsBefore = terminationCount
             let disposition: FaultDisposition
             switch record.kind {
@@ -767,13 +789,15 @@ public final class VirtualMachineManager {
 
             let violations = Self.checkRules(before: before, after: after, disposition: disposition,
                                              name: record.name, address: record.address)
-            trace.visits.append(FaultHandlerVisit(
-                address: record.address, name: record.name, tier: record.tier, kind: record.kind.label,
-                disposition: disposition,
-                registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
-                frameChanges: ValueChange.diff(frameBefore.namedFields, frame.namedFields),
-                violations: violations, serviceCalls: currentVisitCalls))
-            diagnostics.append(contentsOf: violations.map { .registerViolation($0) })
+            if full || !violations.isEmpty || !currentVisitCalls.isEmpty {
+                trace.visits.append(FaultHandlerVisit(
+                    address: record.address, name: record.name, tier: record.tier, kind: record.kind.label,
+                    disposition: disposition,
+                    registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
+                    frameChanges: ValueChange.diff(frameBefore.namedFields, frame.namedFields),
+                    violations: violations, serviceCalls: currentVisitCalls))
+            }
+            if !violations.isEmpty { diagnostics.append(contentsOf: violations.map { .registerViolation($0) }) }
 
             if terminationCount != terminationsBefore, let t = termination {
                 trace.outcome = "terminated by \(record.name): \(t)"
@@ -784,7 +808,7 @@ public final class VirtualMachineManager {
                 throw .registerViolation(v, trace: trace)
             }
             if disposition == .processed {
-                trace.outcome = "processed by \(record.name) at \(record.address)"
+                if full { trace.outcome = "processed by \(record.name) at \(record.address)" }
                 return FaultDispatchOutcome(result: .processed(by: record.address, name: record.name), trace: trace,
                                             registers: after)
             }
@@ -817,6 +841,13 @@ public final class VirtualMachineManager {
     static func checkRules(before: HandlerRegisters, after: HandlerRegisters, disposition: FaultDisposition,
                            name: String, address: FaultHandlerAddress) -> [RegisterViolation] {
         let arithmetic = EFlags.cf | EFlags.pf | EFlags.af | EFlags.zf | EFlags.sf | EFlags.of
+        // Fast paths (no allocation): nothing changed, or only what a processing handler may change.
+        if before == after { return [] }
+        if disposition == .processed, before.ebp == after.ebp, before.esp == after.esp, before.cs == after.cs,
+           before.ds == after.ds, before.es == after.es, before.fs == after.fs, before.gs == after.gs,
+           before.ss == after.ss, (before.eflags ^ after.eflags) & ~arithmetic == 0 {
+            return []
+        }
         let mayChange: Set<String> = ["EAX", "EBX", "ECX", "EDX", "ESI", "EDI"]
         var out: [RegisterViolation] = []
         for change in ValueChange.diff(before.namedValues, after.namedValues) {
