@@ -239,6 +239,8 @@ public struct BenchRunner {
         let n = settings.dispatchIterations, warm = max(1, n / 10)
         do {
             let vmm = try BenchRunner.makeVMM(kind, depth: depth)
+            // As the machine does for faults it will not list: no trace text, no per-visit records.
+            vmm.recordsTraces = false
             var frame = ClientRegisters()
             frame.eip = MemoryMap.imageBase; frame.cs = Selectors.ring0Code; frame.eflags = EFlags.reserved1
             frame.ss = Selectors.ring0Data; frame.esp = MemoryMap.ring0StackTop
