@@ -161,7 +161,8 @@ struct BenchTests {
                 let guest = result.faults.filter {
                     $0.backend == "interpreter" && $0.fault == kind.rawValue && $0.depth == depth && $0.handler == .guest
                 }
-                #expect(guest.map(\.status) == ["not available"])
+                // Guest FaultProc chains run like Swift ones; VMMcall is served by the service table.
+                #expect(guest.map(\.status) == [kind == .vmmCall ? "not available" : "ok"], "\(guest.map { $0.note ?? "" })")
             }
         }
         for path in [BenchPath.backend, .machine, .clock] {

@@ -52,11 +52,13 @@ public struct BenchRunner {
             for kind in settings.faults {
                 for handler in settings.handlers {
                     for depth in settings.depths {
-                        if handler == .guest {
+                        if kvmUnavailable {
+                            add(unavailable(backend.rawValue, .vmm, kind, handler, depth, host.kvmError ?? "KVM is not usable"))
+                        } else if handler == .guest && kind == .vmmCall {
                             add(unavailable(backend.rawValue, .vmm, kind, .guest, depth,
-                                            "guest FaultProc handlers are not implemented yet (the machine has no GuestFaultCallout)"))
-                        } else if kvmUnavailable {
-                            add(unavailable(backend.rawValue, .vmm, kind, .swift, depth, host.kvmError ?? "KVM is not usable"))
+                                            "VMMcall is served by the service table, not by fault handlers"))
+                        } else if handler == .guest {
+                            add(guestRow(backend, kind, depth))
                         } else {
                             add(vmmRow(backend, kind, depth))
                         }
@@ -148,6 +150,49 @@ public struct BenchRunner {
             return finish(backend.rawValue, .vmm, kind, .swift, depth, report: report, expected: n + warm + 1, clock: clock)
         } catch {
             return failed(backend.rawValue, .vmm, kind, .swift, depth, error.description)
+        }
+    }
+
+    /// The whole harness with a chain of `depth` guest FaultProcs (guest code entered as
+    /// `call [FaultProc]`): the oldest processes the fault (`add dword [ebp+Client_EIP], n; ret`),
+    /// the newer ones pass it on with `jmp dword [previous]`, as the DDK's handlers do.
+    func guestRow(_ backend: BackendKind, _ kind: BenchFaultKind, _ depth: Int) -> FaultBenchRow {
+        let n = settings.iterations(for: backend, depth: depth), warm = max(1, Int(Double(n) * settings.warmupFraction))
+        do {
+            let loop = BenchGuests.faultLoop(kind, count: UInt32(n + warm + 1))
+            // Handlers at +1000h (8 bytes each), their previous-handler slots at +2000h.
+            let code = MemoryMap.imageBase + 0x1000, slots = MemoryMap.imageBase + 0x2000
+            var bytes = loop.bytes + [UInt8](repeating: 0xF4, count: 0x1000 - loop.bytes.count)
+            var handlers = [UInt8]()
+            for i in 0..<depth {
+                if i == 0 {
+                    handlers += [0x83, 0x45, UInt8(ClientRegisters.Offset.eip), UInt8(kind.resumeAdvance), 0xC3, 0xF4, 0xF4, 0xF4]
+                } else {
+                    handlers += [0xFF, 0x25] + BenchGuests.le32(slots + UInt32(4 * i)) + [0xF4, 0xF4]
+                }
+            }
+            bytes += handlers + [UInt8](repeating: 0, count: 0x1000 - handlers.count % 0x1000) + [UInt8](repeating: 0, count: 4 * depth)
+            let image = GuestImage(name: loop.name, bytes: bytes, symbols: loop.symbols)
+            let machine = try makeMachine(backend, image: image)
+            var config = VMMConfiguration()
+            config.vmmCodeRange = MemoryMap.runtimeBase..<MemoryMap.runtimeLimit
+            let vmm = VirtualMachineManager(configuration: config)
+            let handling = VMMFaultHandling(vmm: vmm)
+            handling.attach(to: machine)
+            do { try vmm.boot() } catch { throw HarnessError.invalidArgument("VMM boot failed: \(error)") }
+            for i in 0..<depth {
+                let previous: FaultHandlerAddress?
+                do {
+                    previous = try vmm.hookVMMFault(UInt32(kind.vector), handlerAt: FaultHandlerAddress(code + UInt32(8 * i)))
+                } catch { throw HarnessError.invalidArgument("Hook_VMM_Fault failed: \(error)") }
+                do { try machine.memory.write32(slots + UInt32(4 * i), previous?.rawValue ?? 0) } catch { throw HarnessError.memory(error) }
+            }
+            let clock = RoundTripClock(warmup: warm, measured: n, allocations: allocationCounter)
+            machine.faultHandling = TimedFaultHandling(inner: handling, clock: clock)
+            let report = machine.run()
+            return finish(backend.rawValue, .vmm, kind, .guest, depth, report: report, expected: n + warm + 1, clock: clock)
+        } catch {
+            return failed(backend.rawValue, .vmm, kind, .guest, depth, "\(error)")
         }
     }
 

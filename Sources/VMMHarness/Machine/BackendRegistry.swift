@@ -13,8 +13,18 @@ extension Harness {
 /// the interpreter runs exactly that instruction on the vCPU's state and guest memory, including
 /// delivering any exception it raises through the guest's IDT.
 final class InterpreterAssist: InstructionAssist {
+    /// One interpreter kept across assists (its decode cache validates every hit against memory).
+    private var interpreter: Interpreter?
+
     func assist(state: inout CPUState, memory: GuestMemory) -> AssistOutcome {
-        let interpreter = Interpreter(memory: memory, state: state)
+        let interpreter: Interpreter
+        if let existing = self.interpreter, existing.memory === memory {
+            interpreter = existing
+            interpreter.state = state
+        } else {
+            interpreter = Interpreter(memory: memory, state: state)
+            self.interpreter = interpreter
+        }
         let stop = interpreter.step()
         state = interpreter.state
         switch stop {

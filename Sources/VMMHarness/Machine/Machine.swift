@@ -230,9 +230,11 @@ public final class Machine {
     /// the procedure, or the timeout, is an error. The CPU state from before the call is restored
     /// afterwards; the state at the end of the procedure is returned (with ESP as before the
     /// return address was pushed, when it reached `previous`).
-    public func callGuest(_ entry: UInt32, state: CPUState, previous: UInt32?, purpose: String)
+    public func callGuest(_ entry: UInt32, state: CPUState, previous: UInt32?, purpose makePurpose: @autoclosure () -> String)
         throws(HarnessError) -> (end: GuestCallEnd, state: CPUState)
     {
+        // Built only for an error message: this is on every guest handler's path.
+        var purpose: String { makePurpose() }
         // After the run has ended (the VMM's shutdown messages) the call still runs; only what
         // ends it during the call counts.
         let endedBefore = finished
@@ -248,12 +250,12 @@ public final class Machine {
         }
         s.eip = entry
         try backend.writeState(s)
-        let breakpoints = previous.map { VMMHostArea.isHandlerSlot($0) ? [] : [$0] } ?? []
-        try backend.setBreakpoints(breakpoints)
+        let breakpoint = previous.flatMap { VMMHostArea.isHandlerSlot($0) ? nil : $0 }
+        if let breakpoint { try backend.setBreakpoints([breakpoint]) }
         guestCallDepth += 1
         defer {
             guestCallDepth -= 1
-            try? backend.setBreakpoints([])
+            if breakpoint != nil { try? backend.setBreakpoints([]) }
             try? backend.writeState(saved)
         }
         while true {
