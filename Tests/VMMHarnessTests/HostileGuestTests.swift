@@ -125,3 +125,20 @@ struct HostileGuestTests {
         #expect(r.exit.message.contains("outside guest memory"))
     }
 }
+
+extension HostileGuestTests {
+    struct HandlerBug: Error, CustomStringConvertible {
+        var description: String { "table index out of range" }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func swiftHandlerThatThrowsEndsTheRunNamingIt(backend: BackendKind) throws {
+        let r = try run("_start:\n    ud2\n    hlt\n", on: backend) { vmm throws(HarnessError) in
+            do {
+                _ = try vmm.hookVMMFault(6, name: "THROWER") { _, _, _ in throw HandlerBug() }
+            } catch { throw .invalidArgument("\(error)") }
+        }
+        #expect(r.exit.reason == .handlerError && r.exit.exitCode == 7)
+        #expect(r.exit.message.contains("THROWER") && r.exit.message.contains("table index out of range"), "\(r.exit.message)")
+    }
+}

@@ -219,9 +219,13 @@ public enum FaultDispatchError: Error, Equatable, Sendable, CustomStringConverti
     case noGuestCallout(handler: FaultHandlerAddress, trace: FaultDispatchTrace)
     /// The guest callout failed.
     case guestCallout(HarnessError, handler: FaultHandlerAddress, trace: FaultDispatchTrace)
+    /// A Swift handler threw an error (`message` is its description).
+    case handlerThrew(name: String, handler: FaultHandlerAddress, message: String, trace: FaultDispatchTrace)
 
     public var description: String {
         switch self {
+        case let .handlerThrew(name, h, message, _):
+            return "fault handler \(name) at \(h) threw: \(message)"
         case let .reentrantDispatch(v, a):
             return "fault \(vmmHex(v, 2))h raised while dispatching fault \(vmmHex(a, 2))h (nested fault dispatch)"
         case let .registerViolation(v, _):

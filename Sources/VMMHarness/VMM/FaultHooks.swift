@@ -48,8 +48,10 @@ public struct FaultHandlerContext {
 /// `call [FaultProc]` (EBX = VM, EBP = frame address, IF clear) and the frame, and says whether it
 /// processed the fault or passes it on. Rules: when processing it may change EAX, EBX, ECX, EDX,
 /// ESI, EDI, the arithmetic flags and the frame; when passing on, every register must be as received.
+/// A handler that throws (a Swift bug, not a DDK outcome) ends the dispatch with
+/// `FaultDispatchError.handlerThrew`, naming the handler; the run ends with a handler error.
 public typealias FaultProc = (_ registers: inout HandlerRegisters, _ frame: inout ClientRegisters,
-                              _ context: FaultHandlerContext) -> FaultDisposition
+                              _ context: FaultHandlerContext) throws -> FaultDisposition
 
 /// What a chain entry is made of.
 public enum FaultHandlerKind {

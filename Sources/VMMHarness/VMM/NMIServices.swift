@@ -78,10 +78,13 @@ public enum NMIDispatchError: Error, Equatable, Sendable, CustomStringConvertibl
     case noGuestCallout(handler: FaultHandlerAddress, trace: NMIDispatchTrace)
     /// The guest callout failed.
     case guestCallout(HarnessError, handler: FaultHandlerAddress, trace: NMIDispatchTrace)
+    /// A Swift NMI handler threw.
+    case handlerThrew(name: String, message: String)
 
     public var description: String {
         switch self {
         case .nestedNMI: return "NMI raised while an NMI was being dispatched"
+        case let .handlerThrew(name, message): return "NMI handler \(name) threw: \(message)"
         case let .registerViolation(v, _): return "register rule violated: \(v)"
         case let .serviceCallFromNMIHandler(s, h, _):
             return "service \(s) called from an NMI handler" + (h.map { " (\($0))" } ?? "") + "; NMI handlers may call no service"
@@ -292,8 +295,13 @@ extension VirtualMachineManager {
             switch kind {
             case let .host(proc):
                 nmiHandlerRunning = true
-                disposition = proc(&after, &frame, FaultHandlerContext(vector: 0x02, address: address,
-                                                                       previous: previous, vmm: self))
+                do {
+                    disposition = try proc(&after, &frame, FaultHandlerContext(vector: 0x02, address: address,
+                                                                               previous: previous, vmm: self))
+                } catch {
+                    nmiHandlerRunning = false
+                    throw .handlerThrew(name: name, message: "\(error)")
+                }
                 nmiHandlerRunning = false
             case .vmmDefault:
                 disposition = .processed

@@ -66,7 +66,8 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
             }
         } catch {
             switch error {
-            case let .registerViolation(_, trace), let .noGuestCallout(_, trace), let .guestCallout(_, _, trace):
+            case let .registerViolation(_, trace), let .noGuestCallout(_, trace), let .guestCallout(_, _, trace),
+                 let .handlerThrew(_, _, _, trace):
                 details.dispatch = trace
                 details.trace = trace.description.split(separator: "\n").map(String.init)
             default:

@@ -767,7 +767,12 @@ public final class VirtualMachineManager {
             case let .host(proc):
                 let context = FaultHandlerContext(vector: vector, address: record.address,
                                                   previous: record.previousAddress, vmm: self)
-                disposition = proc(&after, &frame, context)
+                do {
+                    disposition = try proc(&after, &frame, context)
+                } catch {
+                    trace.outcome = "error: \(record.name) threw \(error)"
+                    throw .handlerThrew(name: record.name, handler: record.address, message: "\(error)", trace: trace)
+                }
             case .vmmDefault:
                 disposition = ownPolicy(chain).action(vector, &frame) ? .processed : .passedOn
             case let .guest(address):

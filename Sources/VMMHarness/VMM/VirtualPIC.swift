@@ -112,10 +112,13 @@ public enum IRQDispatchError: Error, Equatable, Sendable, CustomStringConvertibl
     case noGuestCallout(handler: FaultHandlerAddress, trace: IRQDispatchTrace)
     /// The guest callout failed.
     case guestCallout(HarnessError, handler: FaultHandlerAddress, trace: IRQDispatchTrace)
+    /// A Swift IRQ handler threw.
+    case handlerThrew(irq: UInt8, name: String, message: String)
 
     public var description: String {
         switch self {
         case let .irqOutOfRange(n): return "IRQ \(n) is out of range (0–15)"
+        case let .handlerThrew(irq, name, message): return "IRQ \(irq) handler \(name) threw: \(message)"
         case let .reentrantDispatch(irq, a):
             return "IRQ \(irq.map(String.init) ?? "?") delivered while handling vector \(vmmHex(a, 2))h (interrupts are disabled there)"
         case let .registerViolation(v, _): return "register rule violated: \(v)"
@@ -266,8 +269,12 @@ extension VirtualMachineManager {
         let disposition: FaultDisposition
         switch kind {
         case let .host(proc):
-            disposition = proc(&after, &frame, FaultHandlerContext(vector: vector, address: v.handler, previous: nil,
-                                                                   vmm: self))
+            do {
+                disposition = try proc(&after, &frame, FaultHandlerContext(vector: vector, address: v.handler, previous: nil,
+                                                                           vmm: self))
+            } catch {
+                throw .handlerThrew(irq: n, name: v.name, message: "\(error)")
+            }
         case .vmmDefault:
             disposition = .processed
         case let .guest(a):
