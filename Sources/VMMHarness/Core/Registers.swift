@@ -56,6 +56,13 @@ public struct SegmentRegister: Equatable, Hashable, Sendable {
                         dpl: dpl, present: true, defaultBig: true, granularity: true)
     }
 
+    /// A virtual-8086-mode segment: base = selector × 16, limit FFFFh, read/write data, DPL 3 (the
+    /// cache the CPU loads in V86 mode, and what VMX requires of it).
+    public static func v86(selector: UInt16) -> SegmentRegister {
+        SegmentRegister(selector: selector, base: UInt32(selector) << 4, limit: 0xFFFF, type: 0x3, isCodeOrData: true,
+                        dpl: 3, present: true)
+    }
+
     /// Whether this is a code segment.
     public var isCode: Bool { isCodeOrData && type & 0x8 != 0 }
 }

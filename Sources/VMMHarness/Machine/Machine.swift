@@ -362,14 +362,9 @@ public final class Machine {
             case .checkpoint:
                 report.checkpoints.append(Checkpoint(tag: s.ecx, value: s.ebx))
             case .enterV86:
-                func v86(_ sel: UInt32) -> SegmentRegister {
-                    let sel = UInt16(truncatingIfNeeded: sel)
-                    return SegmentRegister(selector: sel, base: UInt32(sel) << 4, limit: 0xFFFF, type: 0x3,
-                                           isCodeOrData: true, dpl: 3, present: true)
-                }
-                let cs = v86(s.edi & 0xFFFF)
+                let cs = SegmentRegister.v86(selector: UInt16(truncatingIfNeeded: s.edi))
                 s.cs = cs; s.ds = cs; s.es = cs; s.fs = cs; s.gs = cs
-                s.ss = v86(s.edi >> 16)
+                s.ss = .v86(selector: UInt16(truncatingIfNeeded: s.edi >> 16))
                 s.eip = s.ecx & 0xFFFF
                 s.esp = s.edx & 0xFFFF
                 s.eflags = (s.esi & Machine.resumableFlags) | EFlags.vm | EFlags.reserved1
@@ -598,17 +593,13 @@ public final class Machine {
         var s = event.stubState
         if frame.eflags & EFlags.vm != 0 {
             // Back to virtual-8086 mode: segments are real-mode style (base = selector << 4).
-            func v86(_ sel: UInt16) -> SegmentRegister {
-                SegmentRegister(selector: sel, base: UInt32(sel) << 4, limit: 0xFFFF, type: 0x3, isCodeOrData: true,
-                                dpl: 3, present: true)
-            }
             s.eax = frame.eax; s.ebx = frame.ebx; s.ecx = frame.ecx; s.edx = frame.edx
             s.esi = frame.esi; s.edi = frame.edi; s.ebp = frame.ebp
             s.eip = frame.eip & 0xFFFF
             s.esp = frame.esp & 0xFFFF
             s.eflags = (frame.eflags & Machine.resumableFlags) | EFlags.vm | EFlags.reserved1
-            s.cs = v86(frame.cs); s.ss = v86(frame.ss); s.ds = v86(frame.ds); s.es = v86(frame.es)
-            s.fs = v86(frame.fs); s.gs = v86(frame.gs)
+            s.cs = .v86(selector: frame.cs); s.ss = .v86(selector: frame.ss); s.ds = .v86(selector: frame.ds)
+            s.es = .v86(selector: frame.es); s.fs = .v86(selector: frame.fs); s.gs = .v86(selector: frame.gs)
             return s
         }
         s.eax = frame.eax; s.ebx = frame.ebx; s.ecx = frame.ecx; s.edx = frame.edx
