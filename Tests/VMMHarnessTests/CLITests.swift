@@ -90,6 +90,16 @@ struct CLITests {
         if let late, let vmm, let crit { #expect(late < vmm && vmm < crit) }
     }
 
+    @Test func environmentVariableForcesTheInterpreter() throws {
+        guard TestSupport.toolchain != nil else { try Test.cancel("needs the toolchain's clang") }
+        let r = try run(["run", "--json", "\(TestSupport.root)/guest/scenarios/ud.S"], env: ["VMM_HARNESS_BACKEND": "interpreter"])
+        #expect(r.status == 3)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])
+        let backend = try #require(json["backend"] as? [String: Any])
+        #expect(backend["kind"] as? String == "interpreter")
+        #expect(backend["reason"] as? String == "VMM_HARNESS_BACKEND=interpreter")
+    }
+
     @Test func probeNeverCrashesWithoutADevice() throws {
         let r = try run(["probe"], env: ["VMM_HARNESS_KVM_DEVICE": "/nonexistent/kvm"])
         #expect(r.status == 0)
