@@ -142,3 +142,23 @@ extension HostileGuestTests {
         #expect(r.exit.message.contains("THROWER") && r.exit.message.contains("table index out of range"), "\(r.exit.message)")
     }
 }
+
+extension HostileGuestTests {
+    @Test(arguments: BackendKind.allCases)
+    func controlProcedureThatHangsOnShutdownIsBounded(backend: BackendKind) throws {
+        let src = """
+                Declare_Virtual_Device HANGX, 1, 0, ctl, 0x7B02, Undefined_Init_Order
+            ctl:
+                cmpl $System_Exit, %eax
+                jne 1f
+            2:  jmp 2b
+            1:  clc
+                ret
+            _start:
+                hlt
+            """
+        let r = try run(src, on: backend, timeout: 0.5)
+        #expect(r.exit.reason == .halt)
+        #expect(r.notes.contains { $0.contains("HANGX") && $0.contains("did not return") }, "\(r.notes)")
+    }
+}

@@ -167,8 +167,15 @@ public final class Machine {
     /// Records that a guest procedure the host called failed outside the run loop (during boot).
     /// A timeout there has already ended the run; other failures end it as a handler error.
     public func noteGuestCallFailure(_ message: String) {
-        finish(.handlerError, message)
+        if finished == nil {
+            finish(.handlerError, message)
+        } else {
+            report.notes.append(message)
+        }
     }
+
+    /// Notes added after `run()` returned its report (shutdown messages), for the caller to merge.
+    public var lateNotes: [String] { report.notes }
 
     /// Ends the run (the first reason wins).
     func finish(_ reason: ExitReason, _ message: String) {
@@ -258,12 +265,22 @@ public final class Machine {
             if breakpoint != nil { try? backend.setBreakpoints([]) }
             try? backend.writeState(saved)
         }
+        // After the run (the VMM's shutdown messages) the run's own watchdog is gone: bound the
+        // call with one of its own, as long as the run's timeout.
+        var afterRun: Watchdog?
+        if endedBefore != nil {
+            let w = Watchdog()
+            let kvm = backend as? KVMBackend
+            w.arm(after: options.timeout ?? 10) { kvm?.kick() }
+            afterRun = w
+        }
+        defer { afterRun?.cancel() }
         while true {
             guard let exit = runOnce() else {
                 throw .guestProtocol("\(purpose): \(finished?.message ?? "stopped")")
             }
-            if endedBefore != nil, deadline != nil, watchdog.expired {
-                throw .guestProtocol("\(purpose): the run timed out")
+            if let afterRun, afterRun.expired {
+                throw .guestProtocol("\(purpose) did not return within \(options.timeout ?? 10) s")
             }
             switch exit {
             case let .portOut(port, _, _) where port == Ports.guestCallReturn:

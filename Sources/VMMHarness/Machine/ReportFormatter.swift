@@ -26,6 +26,8 @@ public enum ReportFormatter {
             out.append("checkpoints: " + r.checkpoints.map { "\(hex($0.tag, width: 2))=\(hex($0.value))" }.joined(separator: " "))
         }
         if !r.console.isEmpty { out.append("console: \(r.console)") }
+        for n in r.notes { out.append("note: \(n)") }
+        for d in r.vmm?.diagnostics ?? [] { out.append("vmm: \(d)") }
         out.append("exit: \(r.exit.reason.rawValue) — \(r.exit.message) (exit code \(r.exit.exitCode))")
         if let g = r.finalRegisters {
             out.append("registers: EAX=\(hex(g.eax, prefix: "")) EBX=\(hex(g.ebx, prefix: "")) ECX=\(hex(g.ecx, prefix: "")) EDX=\(hex(g.edx, prefix: "")) ESI=\(hex(g.esi, prefix: "")) EDI=\(hex(g.edi, prefix: "")) EBP=\(hex(g.ebp, prefix: "")) ESP=\(hex(g.esp, prefix: ""))")

@@ -101,6 +101,9 @@ public struct RunReport: Sendable, Codable {
     public var statistics: RunStatistics
     /// The VMM's boot log, diagnostics and debug output (when a VMM handled the faults).
     public var vmm: VMMSummary?
+    /// What went wrong outside the run proper, e.g. a guest control procedure that did not return
+    /// from a shutdown message.
+    public var notes: [String] = []
 
     public struct ExitReport: Sendable, Codable {
         public var reason: ExitReason

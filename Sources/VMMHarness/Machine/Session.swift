@@ -42,6 +42,7 @@ extension Harness {
         }
         var report = machine.run()
         if machine.finished?.reason != .timeout { vmm.shutdown() }
+        report.notes = machine.lateNotes
         report.vmm = handling.summary
         return report
     }
