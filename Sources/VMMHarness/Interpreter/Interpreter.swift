@@ -189,7 +189,7 @@ public final class Interpreter {
     var fpuControl: UInt16 = 0x37F
 
     /// Instructions retired (faulting instructions do not count; INT n does).
-    public private(set) var instructionsExecuted: UInt64 = 0
+    public internal(set) var instructionsExecuted: UInt64 = 0
     /// `instructionsExecuted` value up to which external interrupts are inhibited (STI, MOV SS,
     /// POP SS shadow: the instruction after them completes first).
     var shadowEnd: UInt64 = 0
@@ -342,21 +342,9 @@ public final class Interpreter {
             // Fast path (InterpreterFastPath.swift): a validated decode-cache hit of a common
             // instruction completes here; anything else takes the general `stepOne`, reusing
             // the instruction already found.
-            if fastPathAllowed {
-                let idx = fastLookup()
-                if idx >= 0 {
-                    let d = UnsafePointer(cacheIns + idx)
-                    let kind = cache[idx].fast
-                    if kind != FastKind.none && fastExecute(d, kind) {
-                        instructionsExecuted &+= 1
-                    } else if let s = stepOne(prefetched: d) {
-                        return s
-                    }
-                    n &+= 1
-                    continue
-                }
-            }
-            if let s = stepOne() { return s }
+            let idx = fastRun(&n, budget)
+            if n >= budget { break }
+            if let s = stepOne(prefetched: idx >= 0 ? UnsafePointer(cacheIns + idx) : nil) { return s }
             n &+= 1
         }
         return .budgetExhausted

@@ -83,8 +83,7 @@ extension Interpreter {
     /// Looks up the instruction at EIP in the decode cache for the fast path (flat CS, no
     /// paging: EIP is the physical address). Returns the cache index on a validated hit, else -1.
     @inline(__always)
-    func fastLookup() -> Int {
-        let phys = eip
+    func fastLookup(_ phys: UInt32) -> Int {
         guard UInt64(phys) &+ 16 <= memSize else { return -1 }
         let idx = Int((phys ^ (phys >> 13)) & UInt32(Interpreter.cacheSize - 1))
         let e = cache + idx
@@ -123,33 +122,33 @@ extension Interpreter {
     /// Executes the cached instruction `d` of fast kind `kind` if it can complete here. Returns
     /// false, having changed nothing, when the general path must run it.
     @inline(__always)
-    func fastExecute(_ d: DI, _ kind: UInt8) -> Bool {
+    func fastExecute(_ d: DI, _ kind: UInt8, _ eip: inout UInt32) -> Bool {
         let next = eip &+ UInt32(d.length)
         switch kind {
         case FastKind.aluRMReg:
             let aop = UInt8(truncatingIfNeeded: d.opcode) >> 3
             let rm = Int(d.rm & 7)
-            let res = alu(aop, r[rm], r[Int(d.reg & 7)], 4)
+            let res = alu32(aop, r[rm], r[Int(d.reg & 7)])
             if aop != 7 { r[rm] = res }
         case FastKind.aluRegRM:
             let aop = UInt8(truncatingIfNeeded: d.opcode) >> 3
             let reg = Int(d.reg & 7)
-            let res = alu(aop, r[reg], r[Int(d.rm & 7)], 4)
+            let res = alu32(aop, r[reg], r[Int(d.rm & 7)])
             if aop != 7 { r[reg] = res }
         case FastKind.aluRegImm32, FastKind.aluRegImm8:
             let aop = d.reg
             let imm = kind == FastKind.aluRegImm32 ? d.immediate : signExtend(d.immediate, 1)
             let rm = Int(d.rm & 7)
-            let res = alu(aop, r[rm], imm, 4)
+            let res = alu32(aop, r[rm], imm)
             if aop != 7 { r[rm] = res }
         case FastKind.inc, FastKind.dec:
             let i = Int(d.opcode & 7)
             r[i] = incdec(r[i], 4, dec: kind == FastKind.dec)
         case FastKind.jccRel8:
-            eip = condition(UInt8(truncatingIfNeeded: d.opcode) & 0xF) ? next &+ signExtend(d.immediate, 1) : next
+            eip = fastCondition(UInt8(truncatingIfNeeded: d.opcode) & 0xF) ? next &+ signExtend(d.immediate, 1) : next
             return true
         case FastKind.jccRel32:
-            eip = condition(UInt8(truncatingIfNeeded: d.opcode) & 0xF) ? next &+ d.immediate : next
+            eip = fastCondition(UInt8(truncatingIfNeeded: d.opcode) & 0xF) ? next &+ d.immediate : next
             return true
         case FastKind.movRMReg:
             r[Int(d.rm & 7)] = r[Int(d.reg & 7)]
@@ -167,24 +166,81 @@ extension Interpreter {
             guard let a = fastAddress(d, write: false) else { return false }
             let aop = UInt8(truncatingIfNeeded: d.opcode) >> 3
             let reg = Int(d.reg & 7)
-            let res = alu(aop, r[reg], fastLoad(a), 4)
+            let res = alu32(aop, r[reg], fastLoad(a))
             if aop != 7 { r[reg] = res }
         case FastKind.aluMemReg:
             let aop = UInt8(truncatingIfNeeded: d.opcode) >> 3
             // CMP only reads; the others must be able to write (checked before anything changes).
             guard let a = fastAddress(d, write: aop != 7) else { return false }
-            let res = alu(aop, fastLoad(a), r[Int(d.reg & 7)], 4)
+            let res = alu32(aop, fastLoad(a), r[Int(d.reg & 7)])
             if aop != 7 { fastStore(a, res) }
         case FastKind.aluMemImm32, FastKind.aluMemImm8:
             let aop = d.reg
             guard let a = fastAddress(d, write: aop != 7) else { return false }
             let imm = kind == FastKind.aluMemImm32 ? d.immediate : signExtend(d.immediate, 1)
-            let res = alu(aop, fastLoad(a), imm, 4)
+            let res = alu32(aop, fastLoad(a), imm)
             if aop != 7 { fastStore(a, res) }
         default:
             return false
         }
         eip = next
         return true
+    }
+
+    /// Runs fast-path instructions from EIP until one needs the general path or `n` reaches
+    /// `budget`. Returns the cache index of an instruction that was found (validated) but must go
+    /// through the general path, or -1. None of the fast instructions can change TF, CS,
+    /// CR0 or the segment caches, so `fastPathAllowed` holds for the whole loop once it held at
+    /// entry. EIP and the instruction count live in locals meanwhile and are written back.
+    func fastRun(_ n: inout Int, _ budget: Int) -> Int {
+        guard fastPathAllowed else { return -1 }
+        var pc = eip
+        var count = n
+        var found = -1
+        while count < budget {
+            let idx = fastLookup(pc)
+            if idx < 0 { break }
+            let kind = cache[idx].fast
+            if kind == FastKind.none || !fastExecute(UnsafePointer(cacheIns + idx), kind, &pc) {
+                found = idx
+                break
+            }
+            count &+= 1
+        }
+        instructionsExecuted &+= UInt64(count &- n)
+        n = count
+        eip = pc
+        return found
+    }
+
+    /// `alu(op, a, b, 4)` written out for the fast path (same results and lazy flags).
+    @inline(__always)
+    func alu32(_ op: UInt8, _ a: UInt32, _ b: UInt32) -> UInt32 {
+        let res: UInt32
+        switch op & 7 {
+        case 0: res = a &+ b; lop = LazyOp.add
+        case 1: res = a | b; lop = LazyOp.logic
+        case 2:
+            let c: UInt32 = cf ? 1 : 0
+            res = a &+ b &+ c; lcin = c; lop = LazyOp.adc
+        case 3:
+            let c: UInt32 = cf ? 1 : 0
+            res = a &- b &- c; lcin = c; lop = LazyOp.sbb
+        case 4: res = a & b; lop = LazyOp.logic
+        case 6: res = a ^ b; lop = LazyOp.logic
+        default: res = a &- b; lop = LazyOp.sub  // SUB and CMP
+        }
+        la = a; lb = b; lres = res; lsize = 4
+        return res
+    }
+
+    /// `condition(cc)` with the common ZF tests (JZ/JNZ) answered directly.
+    @inline(__always)
+    func fastCondition(_ cc: UInt8) -> Bool {
+        if cc >> 1 == 2 {
+            let z = lop == LazyOp.none ? flags & EFlags.zf != 0 : lres == 0
+            return cc & 1 == 0 ? z : !z
+        }
+        return condition(cc)
     }
 }
