@@ -45,6 +45,11 @@ enum FastKind {
     static let aluMemImm8: UInt8 = 16
     /// B8+r: `mov r32, imm32`.
     static let movImm: UInt8 = 17
+    /// 50+r, 6A, 68, 60: `push r32`, `push imm8`, `push imm32`, `pushad`.
+    static let pushReg: UInt8 = 18
+    static let pushImm8: UInt8 = 19
+    static let pushImm32: UInt8 = 20
+    static let pushAll: UInt8 = 21
 
     /// The fast kind of a decoded instruction, or `none`. Only 32-bit operand and address size,
     /// no byte forms.
@@ -68,6 +73,10 @@ enum FastKind {
         case 0x89: return d.isMemory ? storeReg : movRMReg
         case 0x8B: return d.isMemory ? loadReg : movRegRM
         case 0xB8...0xBF: return movImm
+        case 0x50...0x57: return pushReg
+        case 0x6A: return pushImm8
+        case 0x68: return pushImm32
+        case 0x60: return pushAll
         default: return none
         }
     }
@@ -180,11 +189,33 @@ extension Interpreter {
             let imm = kind == FastKind.aluMemImm32 ? d.immediate : signExtend(d.immediate, 1)
             let res = alu32(aop, fastLoad(a), imm)
             if aop != 7 { fastStore(a, res) }
+        case FastKind.pushReg, FastKind.pushImm8, FastKind.pushImm32:
+            guard let a = fastStack(4) else { return false }
+            let v = kind == FastKind.pushReg ? r[Int(d.opcode & 7)]
+                : (kind == FastKind.pushImm8 ? signExtend(d.immediate, 1) : d.immediate)
+            fastStore(a, v)
+            r[4] = UInt32(truncatingIfNeeded: a)
+        case FastKind.pushAll:
+            // EAX, ECX, EDX, EBX, original ESP, EBP, ESI, EDI: EAX at the highest address.
+            guard let a = fastStack(32) else { return false }
+            for i in 0..<8 { fastStore(a + 28 - 4 * i, r[i]) }
+            r[4] = UInt32(truncatingIfNeeded: a)
         default:
             return false
         }
         eip = next
         return true
+    }
+
+    /// The new ESP of a push of `bytes` bytes on a flat, writable, 32-bit stack whose whole
+    /// range lies in RAM without wrapping, or nil (the general path then handles segment
+    /// checks, wrap-around, #AC and MMIO). Nothing is written here.
+    @inline(__always)
+    func fastStack(_ bytes: UInt32) -> Int? {
+        if alignCheck || flatWrite & (1 << SegmentIndex.ss) == 0 || !seg[2].defaultBig { return nil }
+        let sp = r[4]
+        if sp < bytes || UInt64(sp) > memSize { return nil }
+        return Int(sp &- bytes)
     }
 
     /// Runs fast-path instructions from EIP until one needs the general path or `n` reaches
