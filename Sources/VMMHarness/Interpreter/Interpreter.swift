@@ -82,6 +82,8 @@ struct DecodeCacheEntry {
     var hi: UInt64 = 0
     var maskLo: UInt64 = 0
     var maskHi: UInt64 = 0
+    /// `FastKind` of the instruction (the run loop's fast path), `FastKind.none` if it has none.
+    var fast: UInt8 = 0
 }
 
 /// One TLB entry (direct mapped by linear page number).
@@ -174,6 +176,8 @@ public final class Interpreter {
     static let cacheSize = 8192
     let tlb: UnsafeMutablePointer<TLBEntry>
     static let tlbSize = 256
+    /// Whether any TLB entry may be valid (set by every page walk, cleared by `flushTLB`).
+    var tlbFilled = false
 
     // Per-instruction bookkeeping.
     var startEIP: UInt32 = 0
@@ -185,7 +189,7 @@ public final class Interpreter {
     var fpuControl: UInt16 = 0x37F
 
     /// Instructions retired (faulting instructions do not count; INT n does).
-    public private(set) var instructionsExecuted: UInt64 = 0
+    public internal(set) var instructionsExecuted: UInt64 = 0
     /// `instructionsExecuted` value up to which external interrupts are inhibited (STI, MOV SS,
     /// POP SS shadow: the instruction after them completes first).
     var shadowEnd: UInt64 = 0
@@ -235,20 +239,33 @@ public final class Interpreter {
             return s
         }
         set {
+            let wasV86 = v86
             sys = newValue
             r[0] = newValue.eax; r[1] = newValue.ecx; r[2] = newValue.edx; r[3] = newValue.ebx
             r[4] = newValue.esp; r[5] = newValue.ebp; r[6] = newValue.esi; r[7] = newValue.edi
             eip = newValue.eip
             flags = newValue.eflags | 2
             lop = 0
-            seg[0] = newValue.es; seg[1] = newValue.cs; seg[2] = newValue.ss
-            seg[3] = newValue.ds; seg[4] = newValue.fs; seg[5] = newValue.gs
+            // The derived segment caches depend only on the six segment caches and on V86 mode
+            // (CPL): when neither changed (the usual fault round trip, where the host writes back
+            // general registers, EIP and EFLAGS) they are already right.
+            var segmentsSame = wasV86 == v86
+            @inline(__always) func load(_ i: Int, _ v: SegmentRegister) {
+                if seg[i] != v { seg[i] = v; segmentsSame = false }
+            }
+            load(0, newValue.es); load(1, newValue.cs); load(2, newValue.ss)
+            load(3, newValue.ds); load(4, newValue.fs); load(5, newValue.gs)
             pendingIn = nil
             // A host-written V86 state (EFLAGS.VM = 1): the segment caches are rebuilt from the
             // selectors, real-mode style, as every V86 segment load does (SDM vol. 3A, 20.1.1).
-            if v86 { normalizeV86Segments() }
+            if v86 {
+                normalizeV86Segments()
+                segmentsSame = false
+            }
             controlChanged()
-            for i in 0..<6 { segmentChanged(UInt8(i)) }
+            if !segmentsSame {
+                for i in 0..<6 { segmentChanged(UInt8(i)) }
+            }
         }
     }
 
@@ -262,7 +279,11 @@ public final class Interpreter {
     }
 
     func flushTLB() {
+        // Entries are only ever filled by a page walk: with none since the last flush there is
+        // nothing to clear (setting `state` flushes, and that is on every fault round trip).
+        guard tlbFilled else { return }
         for i in 0..<Interpreter.tlbSize { tlb[i].vpn = .max }
+        tlbFilled = false
     }
 
     /// Recomputes the flat masks after segment register `i` changed.
@@ -318,7 +339,12 @@ public final class Interpreter {
     public func run(budget: Int) -> InterpreterStop {
         var n = 0
         while n < budget {
-            if let s = stepOne() { return s }
+            // Fast path (InterpreterFastPath.swift): a validated decode-cache hit of a common
+            // instruction completes here; anything else takes the general `stepOne`, reusing
+            // the instruction already found.
+            let idx = fastRun(&n, budget)
+            if n >= budget { break }
+            if let s = stepOne(prefetched: idx >= 0 ? UnsafePointer(cacheIns + idx) : nil) { return s }
             n &+= 1
         }
         return .budgetExhausted
@@ -330,12 +356,15 @@ public final class Interpreter {
         stepOne()
     }
 
+    /// One instruction through the general path. `prefetched` is the instruction at EIP when the
+    /// caller already found it (a validated decode-cache hit for the current CS), else nil.
     @inline(__always)
-    func stepOne() -> InterpreterStop? {
+    func stepOne(prefetched: DI? = nil) -> InterpreterStop? {
         startEIP = eip
         let singleStep = flags & EFlags.tf != 0
         do throws(Fault) {
-            let ins = try fetch()
+            let ins: DI
+            if let p = prefetched { ins = p } else { ins = try fetch() }
             try execute(ins)
         } catch {
             switch error {
@@ -470,6 +499,7 @@ public final class Interpreter {
         e.pointee.maskHi = mhi
         e.pointee.lo = mem.loadUnaligned(fromByteOffset: Int(phys), as: UInt64.self) & mlo
         e.pointee.hi = mem.loadUnaligned(fromByteOffset: Int(phys) + 8, as: UInt64.self) & mhi
+        e.pointee.fast = FastKind.classify(d)
         cacheIns[idx] = d
         return UnsafePointer(cacheIns + idx)
     }

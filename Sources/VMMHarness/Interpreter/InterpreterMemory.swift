@@ -94,6 +94,7 @@ extension Interpreter {
         if u && w { perm |= 4 }
         if dirty { perm |= 8 }
         e.pointee = TLBEntry(vpn: lin >> 12, frame: frame, perm: perm)
+        tlbFilled = true
         return frame | (lin & 0xFFF)
     }
 
