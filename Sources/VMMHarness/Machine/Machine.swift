@@ -252,7 +252,12 @@ public final class Machine {
         let saved = try backend.readState()
         var s = state
         s.esp &-= 4
-        do { try memory.write32(s.esp &+ s.ss.base, MemoryMap.guestCallReturn) } catch {
+        do {
+            guard let at = PageWalker.contiguous(s.esp &+ s.ss.base, count: 4, state: s, memory: memory) else {
+                throw MemoryAccessError(address: UInt64(s.esp), length: 4, isWrite: true)
+            }
+            try memory.write32(at, MemoryMap.guestCallReturn)
+        } catch {
             throw .guestProtocol("\(purpose): the stack at \(hex(s.esp)) is outside guest memory")
         }
         s.eip = entry
@@ -518,10 +523,13 @@ public final class Machine {
         guard st.cpl == 0, st.cs.selector == Selectors.ring0Code else {
             throw .guestProtocol("fault port written from \(hex(st.cs.selector, width: 4)):\(hex(st.eip)), not from a ring-0 stub")
         }
-        guard st.cr0 & CR0.pg == 0 else {
-            throw .unsupported("faults while paging is enabled (the host reads frames by physical address)")
+        // The frame's linear address (what guest handlers get in EBP) and where it lies in guest
+        // memory (different only with paging on). The 10h bytes below it hold the ring-0 segment slots.
+        let lin = st.esp &+ st.ss.base
+        guard let below = PageWalker.contiguous(lin &- 16, count: ClientRegisters.size + 16, state: st, memory: memory) else {
+            throw .guestProtocol("the stub's frame at linear \(hex(lin)) is not mapped by the guest's page tables")
         }
-        let addr = st.esp &+ st.ss.base
+        let addr = below &+ 16
         var frame = ClientRegisters()
         do { try frame.load(from: memory, at: addr, count: ClientRegisters.stubFrameSize) } catch {
             throw .guestProtocol("the stub's frame at \(hex(addr)) is outside guest memory")
@@ -537,7 +545,7 @@ public final class Machine {
                 frame.ds = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x3C))
                 frame.fs = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x40))
                 frame.gs = UInt16(truncatingIfNeeded: try memory.read32(addr &+ 0x44))
-                return FaultEvent(vector: vector, frame: frame, frameAddress: addr, ring: ring, stubState: st)
+                return FaultEvent(vector: vector, frame: frame, frameAddress: lin, ring: ring, stubState: st)
             }
             if ring != 0 {
                 frame.esp = try memory.read32(addr &+ 0x30)
@@ -561,13 +569,33 @@ public final class Machine {
         } catch {
             throw .guestProtocol("the fault frame at \(hex(addr)) does not fit guest memory")
         }
-        return FaultEvent(vector: vector, frame: frame, frameAddress: addr, ring: ring, stubState: st)
+        return FaultEvent(vector: vector, frame: frame, frameAddress: lin, ring: ring, stubState: st)
+    }
+
+    /// The guest-physical address of `count` bytes at guest-linear `linear` under the vCPU's current
+    /// paging state (identity without paging).
+    public func physical(_ linear: UInt32, count: Int) throws(HarnessError) -> UInt32 {
+        let st = try backend.readState()
+        guard let p = PageWalker.contiguous(linear, count: count, state: st, memory: memory) else {
+            throw .guestProtocol("linear \(hex(linear)) (\(count) bytes) is not mapped by the guest's page tables")
+        }
+        return p
+    }
+
+    /// Reads a dword at a guest-linear address (through the guest's page tables).
+    public func readLinear32(_ linear: UInt32) throws(HarnessError) -> UInt32 {
+        do { return try memory.read32(try physical(linear, count: 4)) } catch let e as MemoryAccessError {
+            throw .memory(e)
+        } catch {
+            throw error as? HarnessError ?? .guestProtocol("\(error)")
+        }
     }
 
     /// Writes `frame` into guest memory at `address` in the layout `readFault` established: the
     /// whole Client_Reg_Struc for a fault from ring 3 or V86, the re-entrant frame (00h–2Fh) with
     /// DS, ES, FS, GS below it for a fault from ring 0.
-    public func storeFrame(_ frame: ClientRegisters, at address: UInt32) throws(HarnessError) {
+    public func storeFrame(_ frame: ClientRegisters, at linear: UInt32) throws(HarnessError) {
+        let address = try physical(linear &- 16, count: ClientRegisters.size + 16) &+ 16
         do {
             if frame.cs & 3 != 0 || frame.eflags & EFlags.vm != 0 {
                 try frame.store(to: memory, at: address, count: ClientRegisters.size)
@@ -585,7 +613,8 @@ public final class Machine {
 
     /// Reads back a frame stored by `storeFrame` (after guest code may have changed it). For a
     /// ring-0 frame, Client_ESP and Client_SS are not in guest memory and come from `template`.
-    public func loadFrame(at address: UInt32, template: ClientRegisters) throws(HarnessError) -> ClientRegisters {
+    public func loadFrame(at linear: UInt32, template: ClientRegisters) throws(HarnessError) -> ClientRegisters {
+        let address = try physical(linear &- 16, count: ClientRegisters.size + 16) &+ 16
         do {
             let full = template.cs & 3 != 0 || template.eflags & EFlags.vm != 0
             let count = full ? ClientRegisters.size : ClientRegisters.stubFrameSize

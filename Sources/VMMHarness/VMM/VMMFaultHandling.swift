@@ -119,7 +119,7 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         guard let machine else { return .stop(reason: .backendError, message: "VMMcall without a machine") }
         let site = frame.eip &- 2
         let operand: UInt32
-        do { operand = try machine.memory.read32(frame.eip) } catch {
+        do { operand = try machine.readLinear32(frame.eip) } catch {
             return .stop(reason: .fatalError, message: "VMMcall at \(hex(site)): the service dword is outside guest memory")
         }
         let id = VMMServiceID(vmmcallOperand: operand)
@@ -152,7 +152,7 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         frame.esi = regs.esi; frame.edi = regs.edi; frame.ebp = regs.ebp
         frame.eflags = (frame.eflags & ~arithmetic) | (regs.eflags & arithmetic)
         if id.isJump {
-            do { frame.eip = try machine.memory.read32(frame.esp) } catch {
+            do { frame.eip = try machine.readLinear32(frame.esp) } catch {
                 return .stop(reason: .fatalError, message: "VMMjmp at \(hex(site)): no return address on the stack at \(hex(frame.esp))")
             }
             frame.esp &+= 4
