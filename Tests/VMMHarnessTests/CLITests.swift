@@ -5,7 +5,11 @@ import Testing
 /// Where the built `vmm-harness` binary is, if it is built.
 enum CLIBinary {
     static let path: String? = {
-        // Tests run from the build folder that also holds the executable.
+        // VMM_HARNESS_BINARY names it explicitly (e.g. for --scratch-path builds); otherwise the
+        // tests run from the build folder that also holds the executable.
+        if let p = ProcessInfo.processInfo.environment["VMM_HARNESS_BINARY"], FileManager.default.isExecutableFile(atPath: p) {
+            return p
+        }
         let dir = Bundle.main.bundleURL.deletingLastPathComponent().path
         for candidate in ["\(dir)/vmm-harness", "\(TestSupport.root)/.build/debug/vmm-harness"]
             where FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
