@@ -17,7 +17,7 @@ struct DifferentialRandomTests {
     }
 
     /// Programs for the KVM comparison: about 15 s on a PVM host at ~140 programs/s (the test prints its rate).
-    static var campaignCount: Int { environment["VMM_HARNESS_DIFF_COUNT"].flatMap { Int($0) } ?? 2000 }
+    static var campaignCount: Int { environment["VMM_HARNESS_DIFF_COUNT"].flatMap { Int($0) } ?? 3000 }
 
     @Test func sameSeedSameBytesDifferentSeedsDiffer() {
         var seen = Set<[UInt8]>()
