@@ -34,10 +34,7 @@ let package = Package(
                 "VMMHarness",
                 "CMallocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            // main.swift holds the @main command; with more than one file in the target the
-            // compiler must be told it is not top-level code.
-            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+            ]
         ),
         // The README's example program, built with the package so it cannot rot.
         .executableTarget(name: "readme-example", dependencies: ["VMMHarness"], path: "Examples/ReadmeExample"),
