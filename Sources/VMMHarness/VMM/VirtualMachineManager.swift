@@ -728,18 +728,8 @@ public final class VirtualMachineManager {
         throws(FaultDispatchError) -> FaultDispatchOutcome
     {
         if let active = activeVector { throw .reentrantDispatch(vector: vector, activeVector: active) }
-        let saved = (interrupts: interruptsEnabled, count: reenterCount, depth: reentrantDepth)
-        activeVector = vector
-        interruptsEnabled = false
-        reenterCount += 1
-        defer {
-            activeVector = nil
-            currentHandlerName = nil
-            currentVisitCalls = []
-            interruptsEnabled = saved.interrupts
-            reenterCount = saved.count
-            reentrantDepth = saved.depth
-        }
+        let saved = enterHandlerContext(vector: vector)
+        defer { leaveHandlerContext(saved) }
 
         let full = recordsTraces
         var trace = FaultDispatchTrace(vector: vector, frameAddress: frameAddress,
@@ -824,6 +814,33 @@ public final class VirtualMachineManager {
             : FatalExceptionReport(vector: vector, frame: frame, chain: chain)
         trace.outcome = "unhandled: \(report.message)"
         return FaultDispatchOutcome(result: .unhandled(report), trace: trace, registers: registers)
+    }
+
+    /// What a handler run changes in the VMM's state, to restore afterwards.
+    struct HandlerContext {
+        var interrupts: Bool
+        var count: UInt32
+        var depth: Int
+    }
+
+    /// Enters the state in which fault and IRQ handlers run: `vector` active, interrupts
+    /// disabled, the reentrancy count raised by one.
+    func enterHandlerContext(vector: UInt8) -> HandlerContext {
+        let saved = HandlerContext(interrupts: interruptsEnabled, count: reenterCount, depth: reentrantDepth)
+        activeVector = vector
+        interruptsEnabled = false
+        reenterCount += 1
+        return saved
+    }
+
+    /// Leaves it again (the `defer` of every dispatch).
+    func leaveHandlerContext(_ saved: HandlerContext) {
+        activeVector = nil
+        currentHandlerName = nil
+        currentVisitCalls = []
+        interruptsEnabled = saved.interrupts
+        reenterCount = saved.count
+        reentrantDepth = saved.depth
     }
 
     /// The Windows fatal-exception report for `frame` (see `FatalExceptionReport`).

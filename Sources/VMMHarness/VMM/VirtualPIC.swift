@@ -245,18 +245,8 @@ extension VirtualMachineManager {
             return IRQDispatchOutcome(result: .unvirtualized(irq: n), trace: trace, registers: entryRegisters)
         }
 
-        let saved = (interrupts: interruptsEnabled, count: reenterCount, depth: reentrantDepth)
-        activeVector = vector
-        interruptsEnabled = false
-        reenterCount += 1
-        defer {
-            activeVector = nil
-            currentHandlerName = nil
-            currentVisitCalls = []
-            interruptsEnabled = saved.interrupts
-            reenterCount = saved.count
-            reentrantDepth = saved.depth
-        }
+        let saved = enterHandlerContext(vector: vector)
+        defer { leaveHandlerContext(saved) }
         var before = entryRegisters
         before.eax = v.handle
         before.ebx = currentVM
