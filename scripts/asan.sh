@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Leak detection stays off: the Swift runtime's metadata caches and Foundation's singletons are
 # never freed and would drown real reports. Leaks of the harness's own resources are checked by
-# ResourceLeakTests (fds and VmRSS over thousands of cycles).
+# ResourceLeakTests (`vmm-harness soak`: fds and VmRSS over thousands of cycles).
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:halt_on_error=1}"
 swift build --build-tests --sanitize=address --scratch-path .build-asan
+# The CLI and resource-leak tests run the instrumented binary of this build.
+export VMM_HARNESS_BINARY="$PWD/.build-asan/debug/vmm-harness"
 swift test --skip-build --sanitize=address --scratch-path .build-asan "$@"

@@ -7,7 +7,7 @@ struct VMMHarnessCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmm-harness",
         abstract: "Run 32-bit x86 guests on /dev/kvm or an interpreter, with a Windows 9x-style VMM handling their faults.",
-        subcommands: [Run.self, Probe.self, Bench.self],
+        subcommands: [Run.self, Probe.self, Bench.self, Soak.self],
         defaultSubcommand: Run.self
     )
 }

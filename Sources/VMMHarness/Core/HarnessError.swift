@@ -27,6 +27,8 @@ public enum HarnessError: Error, Equatable, Sendable, CustomStringConvertible {
     case memory(MemoryAccessError)
     /// The backend cannot run what was asked of it.
     case unsupported(String)
+    /// A soak run (`Harness.soak`) saw cycles of the same scenario end differently.
+    case soak(String)
 
     public var description: String {
         switch self {
@@ -50,6 +52,8 @@ public enum HarnessError: Error, Equatable, Sendable, CustomStringConvertible {
             return m.description
         case let .unsupported(s):
             return "unsupported: \(s)"
+        case let .soak(s):
+            return "soak: \(s)"
         }
     }
 

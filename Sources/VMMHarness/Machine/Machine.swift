@@ -142,8 +142,10 @@ public final class Machine {
         startTime = now
         deadline = options.timeout.map { now + UInt64($0 * 1e9) }
         if let timeout = options.timeout {
+            // Weak: the watchdog thread outlives `cancel()` by a moment, and a strong capture
+            // would close the backend's descriptors on that thread, after the caller dropped it.
             let kvm = backend as? KVMBackend
-            watchdog.arm(after: timeout) { kvm?.kick() }
+            watchdog.arm(after: timeout) { [weak kvm] in kvm?.kick() }
         }
     }
 
@@ -276,7 +278,7 @@ public final class Machine {
         if endedBefore != nil {
             let w = Watchdog()
             let kvm = backend as? KVMBackend
-            w.arm(after: options.timeout ?? 10) { kvm?.kick() }
+            w.arm(after: options.timeout ?? 10) { [weak kvm] in kvm?.kick() }
             afterRun = w
         }
         defer { afterRun?.cancel() }
