@@ -5,6 +5,7 @@ import VMMHarness
 
 extension BackendKind: ExpressibleByArgument {}
 extension BenchFaultKind: ExpressibleByArgument {}
+extension BenchHandlerKind: ExpressibleByArgument {}
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,6 +26,9 @@ struct Bench: ParsableCommand {
 
     @Option(name: .customLong("fault"), help: "Fault kinds (repeatable): \(BenchFaultKind.allCases.map(\.rawValue).joined(separator: ", ")). Default: all.")
     var faults: [BenchFaultKind] = []
+
+    @Option(name: .customLong("handler"), help: "Handler kinds (repeatable): \(BenchHandlerKind.allCases.map(\.rawValue).joined(separator: ", ")). Default: both.")
+    var handlers: [BenchHandlerKind] = []
 
     @Option(name: .customLong("depth"), help: "Handler-chain depths (repeatable). Default: 1, 8, 64.")
     var depths: [Int] = []
@@ -65,6 +69,7 @@ struct Bench: ParsableCommand {
         if !backends.isEmpty { settings.backends = backends }
         if !faults.isEmpty { settings.faults = faults }
         if !depths.isEmpty { settings.depths = depths }
+        if !handlers.isEmpty { settings.handlers = handlers }
         if let kvmIterations { settings.kvmIterations = kvmIterations }
         if let interpreterIterations { settings.interpreterIterations = interpreterIterations }
         if noBaselines { settings.includeBaselines = false; settings.includeFloor = false }

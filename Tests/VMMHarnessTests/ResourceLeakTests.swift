@@ -15,7 +15,7 @@ import Testing
 @Suite("Resource leaks", .enabled(if: CLIBinary.path != nil, "the vmm-harness binary is not built next to the tests"))
 struct ResourceLeakTests {
     static var cycles: Int {
-        ProcessInfo.processInfo.environment["VMM_HARNESS_LEAK_CYCLES"].flatMap(Int.init) ?? 2_000
+        ProcessInfo.processInfo.environment["VMM_HARNESS_LEAK_CYCLES"].flatMap(Int.init) ?? 10_000
     }
 
     /// A guest device hooks #GP at Sys_Critical_Init and processes a real #GP: the VMM, the guest

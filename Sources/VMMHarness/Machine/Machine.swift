@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Options for one run.
 public struct MachineOptions: Sendable {
@@ -507,7 +508,7 @@ public final class Machine {
         lastFault = (vector, event.frame)
         do {
             let state = try resumeState(from: frame, event: event)
-            if frame != event.frame { try? storeFrame(frame, at: event.frameAddress) }
+            if frame != event.frame { try? storeFrame(frame, at: event.frameAddress, pagingState: event.stubState) }
             try backend.writeState(state)
             record?.resumeCS = frame.cs
             record?.resumeEIP = frame.eip
@@ -597,7 +598,16 @@ public final class Machine {
     /// whole Client_Reg_Struc for a fault from ring 3 or V86, the re-entrant frame (00h–2Fh) with
     /// DS, ES, FS, GS below it for a fault from ring 0.
     public func storeFrame(_ frame: ClientRegisters, at linear: UInt32) throws(HarnessError) {
-        let address = try physical(linear &- 16, count: ClientRegisters.size + 16) &+ 16
+        try storeFrame(frame, at: linear, pagingState: try backend.readState())
+    }
+
+    /// `storeFrame(_:at:)` with the paging state already at hand (the fault path has the stub's).
+    func storeFrame(_ frame: ClientRegisters, at linear: UInt32, pagingState: CPUState) throws(HarnessError) {
+        guard let below = PageWalker.contiguous(linear &- 16, count: ClientRegisters.size + 16, state: pagingState,
+                                                memory: memory) else {
+            throw .guestProtocol("linear \(hex(linear &- 16)) (\(ClientRegisters.size + 16) bytes) is not mapped by the guest's page tables")
+        }
+        let address = below &+ 16
         do {
             if frame.cs & 3 != 0 || frame.eflags & EFlags.vm != 0 {
                 try frame.store(to: memory, at: address, count: ClientRegisters.size)
@@ -659,10 +669,12 @@ public final class Machine {
         let cpl = UInt8(frame.cs & 3)
         s.cs = try loader.loadCode(frame.cs)
         s.ss = try loader.loadStack(frame.ss, cpl: cpl)
+        // DS, ES, FS and GS usually hold one selector: the same load with the same CPL gives the
+        // same result, so each distinct selector is loaded (and checked) once.
         s.ds = try loader.loadData(frame.ds, cpl: cpl, name: "DS")
-        s.es = try loader.loadData(frame.es, cpl: cpl, name: "ES")
-        s.fs = try loader.loadData(frame.fs, cpl: cpl, name: "FS")
-        s.gs = try loader.loadData(frame.gs, cpl: cpl, name: "GS")
+        s.es = frame.es == frame.ds ? s.ds : try loader.loadData(frame.es, cpl: cpl, name: "ES")
+        s.fs = frame.fs == frame.ds ? s.ds : frame.fs == frame.es ? s.es : try loader.loadData(frame.fs, cpl: cpl, name: "FS")
+        s.gs = frame.gs == frame.ds ? s.ds : frame.gs == frame.fs ? s.fs : try loader.loadData(frame.gs, cpl: cpl, name: "GS")
         return s
     }
 
@@ -681,14 +693,11 @@ public final class Machine {
 final class Watchdog: @unchecked Sendable {
     private let condition = NSCondition()
     private var cancelled = false
-    private var fired = false
+    /// Set once at the deadline; read after every guest exit, so an atomic rather than the lock.
+    private let fired = Atomic<Bool>(false)
 
     /// Whether the deadline has passed.
-    var expired: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return fired
-    }
+    var expired: Bool { fired.load(ordering: .acquiring) }
 
     func arm(after seconds: Double, _ onExpire: @escaping @Sendable () -> Void) {
         let deadline = Date(timeIntervalSinceNow: seconds)
@@ -696,7 +705,7 @@ final class Watchdog: @unchecked Sendable {
             condition.lock()
             while !cancelled && Date() < deadline { _ = condition.wait(until: deadline) }
             let fire = !cancelled
-            if fire { fired = true }
+            if fire { fired.store(true, ordering: .releasing) }
             condition.unlock()
             if fire { onExpire() }
         }

@@ -83,7 +83,7 @@ public enum VMMPhase: String, Sendable, Codable {
 /// - NMI (Get/Set_NMI_Handler_Addr, Hook_NMI_Event, `dispatchNMI`) and the minimal virtual PIC
 ///   (`virtualizeIRQ`, `raiseIRQ`, `dispatchIRQ`) are described where they are declared.
 public final class VirtualMachineManager {
-    public var configuration: VMMConfiguration
+    @exclusivity(unchecked) public var configuration: VMMConfiguration
     /// Reads guest strings for Out_Debug_String and Fatal_Error_Handler.
     public var guestMemory: (any GuestStringReader)?
     /// Runs guest fault handlers. Held weakly (the machine that implements it owns the VMM).
@@ -92,10 +92,10 @@ public final class VirtualMachineManager {
     public var guestHandlerNames: [FaultHandlerAddress: String] = [:]
 
     /// Get_VMM_Reenter_Count: above 0 while a fault handler runs (0 inside Begin_Reentrant_Execution).
-    public internal(set) var reenterCount: UInt32 = 0
+    @exclusivity(unchecked) public internal(set) var reenterCount: UInt32 = 0
     /// Whether (virtual) interrupts are enabled: false during Sys_Critical_Init, Sys_Critical_Exit
     /// and while a fault handler runs.
-    public internal(set) var interruptsEnabled = false
+    @exclusivity(unchecked) public internal(set) var interruptsEnabled = false
     /// The current VM (Get_Cur_VM_Handle).
     public var currentVM: VMHandle { configuration.systemVM }
     /// The system VM (Get_Sys_VM_Handle).
@@ -104,12 +104,12 @@ public final class VirtualMachineManager {
     public internal(set) var debugLog = ""
     /// Reports made without stopping (synchronous services from fault handlers, register-rule
     /// violations in non-strict mode, bad service arguments).
-    public internal(set) var diagnostics: [VMMDiagnostic] = []
+    @exclusivity(unchecked) public internal(set) var diagnostics: [VMMDiagnostic] = []
     /// Set once Fatal_Error_Handler was called: the run must end.
     public internal(set) var termination: FatalErrorReport? {
         didSet { terminationCount += 1 }
     }
-    var terminationCount = 0
+    @exclusivity(unchecked) var terminationCount = 0
     public private(set) var phase: VMMPhase = .notBooted
     /// Control messages and boot/shutdown events, in order.
     public private(set) var bootLog: [BootEvent] = []
@@ -120,7 +120,7 @@ public final class VirtualMachineManager {
         var device: any VirtualDevice
         var state: DeviceState
     }
-    var devices: [DeviceEntry] = []
+    @exclusivity(unchecked) var devices: [DeviceEntry] = []
     /// Index of the device whose control procedure is running (owner of hooks made meanwhile).
     var currentDevice: Int?
 
@@ -138,12 +138,37 @@ public final class VirtualMachineManager {
         var owner: Int?
         var active: Bool
     }
-    var records: [HookRecord] = []
+    @exclusivity(unchecked) var records: [HookRecord] = []
     struct ChainKey: Hashable {
         var chain: FaultChainKind
         var vector: UInt8
     }
-    var heads: [ChainKey: Int] = [:]
+    /// The newest record of each chain, by chain and vector: a flat table, since every fault
+    /// looks its chain up (a dictionary lookup hashed the key each time).
+    struct ChainHeads {
+        private var table = [Int32](repeating: -1, count: FaultChainKind.allCases.count * 256)
+        private static func slot(_ key: ChainKey) -> Int {
+            let chain: Int
+            switch key.chain {
+            case .vmm: chain = 0
+            case .pm: chain = 1
+            case .v86: chain = 2
+            }
+            return chain &* 256 &+ Int(key.vector)
+        }
+        subscript(key: ChainKey) -> Int? {
+            get {
+                let v = table[Self.slot(key)]
+                return v < 0 ? nil : Int(v)
+            }
+            set { table[Self.slot(key)] = newValue.map { Int32(truncatingIfNeeded: $0) } ?? -1 }
+        }
+    }
+    // The dispatch state below is touched on every fault. Unchecked exclusivity: the VMM runs on
+    // one thread, and no access to these overlaps another (no inout access to them is held across
+    // a handler call), so the runtime's dynamic exclusivity checks only cost time (about a tenth
+    // of a fault round trip on the interpreter).
+    @exclusivity(unchecked) var heads = ChainHeads()
     var ownHandlersInstalled = false
 
     // Host handler slots.
@@ -154,7 +179,7 @@ public final class VirtualMachineManager {
     var slots: [HostSlot] = []
 
     // Dispatch state.
-    var activeVector: UInt8?
+    @exclusivity(unchecked) var activeVector: UInt8?
     /// Name of the handler running now, for diagnostics. Built only when asked for: the fault
     /// path records the running record's index instead of formatting a string per visit.
     var currentHandlerName: String? {
@@ -168,15 +193,15 @@ public final class VirtualMachineManager {
             currentHandlerRecord = nil
         }
     }
-    private var currentHandlerLabel: String?
-    private var currentHandlerRecord: Int?
+    @exclusivity(unchecked) private var currentHandlerLabel: String?
+    @exclusivity(unchecked) private var currentHandlerRecord: Int?
     /// Whether dispatches build their full trace (each visit's register and frame diffs, names,
     /// outcome text). The machine turns it off for faults it will not list in the report (the
     /// benchmark's loops), so the dispatch path allocates nothing; rule checks and diagnostics
     /// work either way.
-    public var recordsTraces = true
-    var currentVisitCalls: [ServiceCallRecord] = []
-    var reentrantDepth = 0
+    @exclusivity(unchecked) public var recordsTraces = true
+    @exclusivity(unchecked) var currentVisitCalls: [ServiceCallRecord] = []
+    @exclusivity(unchecked) var reentrantDepth = 0
 
     // NMI (see NMIServices.swift).
     struct NMIRecord {
@@ -207,7 +232,7 @@ public final class VirtualMachineManager {
     // Virtual PIC (see VirtualPIC.swift).
     var virtualIRQs: [UInt8: VirtualIRQ] = [:]
     var irqKinds: [UInt8: FaultHandlerKind] = [:]
-    var pendingIRQMask: UInt16 = 0
+    @exclusivity(unchecked) var pendingIRQMask: UInt16 = 0
 
     public init(configuration: VMMConfiguration = VMMConfiguration()) {
         self.configuration = configuration
@@ -744,24 +769,31 @@ public final class VirtualMachineManager {
         var steps = 0
         while let index = cursor, steps <= records.count {
             steps += 1
-            let record = records[index]
+            // The record's fields are read where they are needed rather than copying the whole
+            // record (its name and kind hold references: a copy per visit costs retains). What
+            // steers the walk is read before the handler runs, which may hook or unhook.
+            let kind = records[index].kind
+            let address = records[index].address
+            let previousAddress = records[index].previousAddress
+            let previousRecord = records[index].previousRecord
+            var record: HookRecord { records[index] }  // records are only ever appended to
             let before = registers
             let frameBefore = frame
             var after = registers
-            currentHandlerName = nil
+            currentHandlerLabel = nil
             currentHandlerRecord = index
             if !currentVisitCalls.isEmpty { currentVisitCalls = [] }
             let terminationsBefore = terminationCount
             let disposition: FaultDisposition
-            switch record.kind {
+            switch kind {
             case let .host(proc):
-                let context = FaultHandlerContext(vector: vector, address: record.address,
-                                                  previous: record.previousAddress, vmm: self)
+                let context = FaultHandlerContext(vector: vector, address: address,
+                                                  previous: previousAddress, vmm: self)
                 do {
                     disposition = try proc(&after, &frame, context)
                 } catch {
                     trace.outcome = "error: \(record.name) threw \(error)"
-                    throw .handlerThrew(name: record.name, handler: record.address, message: "\(error)", trace: trace)
+                    throw .handlerThrew(name: record.name, handler: address, message: "\(error)", trace: trace)
                 }
             case .vmmDefault:
                 disposition = ownPolicy(chain).action(vector, &frame) ? .processed : .passedOn
@@ -770,7 +802,7 @@ public final class VirtualMachineManager {
                     trace.outcome = "error: no guest callout for \(address)"
                     throw .noGuestCallout(handler: address, trace: trace)
                 }
-                let call = GuestFaultHandlerCall(vector: vector, handler: address, previous: record.previousAddress,
+                let call = GuestFaultHandlerCall(vector: vector, handler: address, previous: previousAddress,
                                                  registers: before, frameAddress: frameAddress, role: .fault(chain))
                 do {
                     let r = try callout.callGuestFaultHandler(call, frame: &frame)
@@ -783,10 +815,10 @@ public final class VirtualMachineManager {
             }
 
             let violations = Self.checkRules(before: before, after: after, disposition: disposition,
-                                             name: record.name, address: record.address)
+                                             name: record.name, address: address)
             if full || !violations.isEmpty || !currentVisitCalls.isEmpty {
                 trace.visits.append(FaultHandlerVisit(
-                    address: record.address, name: record.name, tier: record.tier, kind: record.kind.label,
+                    address: address, name: record.name, tier: record.tier, kind: kind.label,
                     disposition: disposition,
                     registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
                     frameChanges: ValueChange.diff(frameBefore.namedFields, frame.namedFields),
@@ -803,12 +835,12 @@ public final class VirtualMachineManager {
                 throw .registerViolation(v, trace: trace)
             }
             if disposition == .processed {
-                if full { trace.outcome = "processed by \(record.name) at \(record.address)" }
-                return FaultDispatchOutcome(result: .processed(by: record.address, name: record.name), trace: trace,
+                if full { trace.outcome = "processed by \(record.name) at \(address)" }
+                return FaultDispatchOutcome(result: .processed(by: address, name: record.name), trace: trace,
                                             registers: after)
             }
             registers = after
-            cursor = record.previousRecord
+            cursor = previousRecord
         }
         let report = chain == .vmm ? fatalExceptionReport(vector: vector, frame: frame)
             : FatalExceptionReport(vector: vector, frame: frame, chain: chain)

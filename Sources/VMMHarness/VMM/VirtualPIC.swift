@@ -213,7 +213,11 @@ extension VirtualMachineManager {
 
     /// The IRQ `dispatchIRQ()` would deliver next, nil when none is pending. The machine delivers
     /// only when the guest can take interrupts.
-    public var nextPendingIRQ: UInt8? { pendingIRQs.first }
+    public var nextPendingIRQ: UInt8? {
+        // Asked after every guest exit: nothing pending is the common case.
+        if pendingIRQMask == 0 { return nil }
+        return VirtualPIC.priorityOrder.first { isIRQPending($0) }
+    }
 
     /// Delivers one IRQ: `irq`, or the highest-priority pending one when nil. The request is
     /// cleared and the virtualized handler runs (see the extension's notes). An IRQ nobody
