@@ -4,9 +4,9 @@ public final class InterpreterBackend: ExecutionBackend {
     public let memory: GuestMemory
     /// The interpreter this backend drives.
     public let interpreter: Interpreter
-    public private(set) var statistics = BackendStatistics()
+    @exclusivity(unchecked) public private(set) var statistics = BackendStatistics()
     /// Linear addresses that stop execution before the instruction there runs (`setBreakpoints`).
-    private var breakpoints: [UInt32] = []
+    @exclusivity(unchecked) private var breakpoints: [UInt32] = []
 
     public init(memory: GuestMemory, state: CPUState) {
         self.memory = memory

@@ -33,6 +33,22 @@ extension CPUState {
         apply(sregs: s)
     }
 
+    init(regs r: UnsafePointer<kvm_regs>, sregs s: UnsafePointer<kvm_sregs>) {
+        self.init()
+        eax = UInt32(truncatingIfNeeded: r.pointee.rax); ecx = UInt32(truncatingIfNeeded: r.pointee.rcx)
+        edx = UInt32(truncatingIfNeeded: r.pointee.rdx); ebx = UInt32(truncatingIfNeeded: r.pointee.rbx)
+        esp = UInt32(truncatingIfNeeded: r.pointee.rsp); ebp = UInt32(truncatingIfNeeded: r.pointee.rbp)
+        esi = UInt32(truncatingIfNeeded: r.pointee.rsi); edi = UInt32(truncatingIfNeeded: r.pointee.rdi)
+        eip = UInt32(truncatingIfNeeded: r.pointee.rip); eflags = UInt32(truncatingIfNeeded: r.pointee.rflags)
+        cs = SegmentRegister(s.pointee.cs); ds = SegmentRegister(s.pointee.ds); es = SegmentRegister(s.pointee.es)
+        fs = SegmentRegister(s.pointee.fs); gs = SegmentRegister(s.pointee.gs); ss = SegmentRegister(s.pointee.ss)
+        tr = SegmentRegister(s.pointee.tr); ldtr = SegmentRegister(s.pointee.ldt)
+        gdtr = TableRegister(base: UInt32(truncatingIfNeeded: s.pointee.gdt.base), limit: s.pointee.gdt.limit)
+        idtr = TableRegister(base: UInt32(truncatingIfNeeded: s.pointee.idt.base), limit: s.pointee.idt.limit)
+        cr0 = UInt32(truncatingIfNeeded: s.pointee.cr0); cr2 = UInt32(truncatingIfNeeded: s.pointee.cr2)
+        cr3 = UInt32(truncatingIfNeeded: s.pointee.cr3); cr4 = UInt32(truncatingIfNeeded: s.pointee.cr4)
+    }
+
     mutating func apply(regs r: kvm_regs) {
         eax = UInt32(truncatingIfNeeded: r.rax); ecx = UInt32(truncatingIfNeeded: r.rcx)
         edx = UInt32(truncatingIfNeeded: r.rdx); ebx = UInt32(truncatingIfNeeded: r.rbx)
@@ -98,6 +114,13 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
 
     public func readState() throws(HarnessError) -> CPUState {
         if let knownState { return knownState }
+        // Synced registers are read in place from kvm_run (after an exit, the first touch of
+        // that page is the expensive part; copying the structures first doubled it). The
+        // write path then takes its sregs base from kvm_run too, so none is kept here.
+        if let state = vcpu.withSyncedRegisters({ regs, sregs in CPUState(regs: regs, sregs: sregs) }) {
+            knownState = state
+            return state
+        }
         let s = try vcpu.getSregs()
         lastSregs = s
         let state = CPUState(regs: try vcpu.getRegs(), sregs: s)

@@ -67,6 +67,18 @@ public final class KVMVCPU: @unchecked Sendable {
     // MARK: registers
 
     /// General registers (KVM's `struct kvm_regs`).
+    /// Calls `body` with the registers KVM synced into `kvm_run` at the last exit, read in
+    /// place (no copy of the structures); nil when they are not synced (use `getRegs`/`getSregs`).
+    func withSyncedRegisters<T>(_ body: (UnsafePointer<kvm_regs>, UnsafePointer<kvm_sregs>) -> T) -> T? {
+        guard syncedValid, let regsAt = MemoryLayout<kvm_sync_regs>.offset(of: \.regs),
+              let sregsAt = MemoryLayout<kvm_sync_regs>.offset(of: \.sregs) else { return nil }
+        return withUnsafeMutablePointer(to: &runArea.run.pointee.s.regs) { sync in
+            let raw = UnsafeRawPointer(sync)
+            return body(raw.advanced(by: regsAt).assumingMemoryBound(to: kvm_regs.self),
+                        raw.advanced(by: sregsAt).assumingMemoryBound(to: kvm_sregs.self))
+        }
+    }
+
     public func getRegs() throws(HarnessError) -> kvm_regs {
         if syncedValid { return runArea.run.pointee.s.regs.regs }
         var regs = kvm_regs()

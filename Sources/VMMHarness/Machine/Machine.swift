@@ -51,15 +51,17 @@ public final class Machine {
     /// The virtual PIC: pending hardware interrupts are delivered through the IDT when IF allows.
     public var interruptController: (any InterruptController)?
 
-    private var report: RunReport
-    private var lastFault: (vector: UInt8, frame: ClientRegisters)?
-    private var stormCount = 0
+    // The loop's state is touched on every exit, on one thread, with no overlapping access: the
+    // runtime's dynamic exclusivity checks would only cost time.
+    @exclusivity(unchecked) private var report: RunReport
+    @exclusivity(unchecked) private var lastFault: (vector: UInt8, frame: ClientRegisters)?
+    @exclusivity(unchecked) private var stormCount = 0
     /// Set when the run has ended (it may end during the VMM's boot, in a guest control procedure).
-    public private(set) var finished: (reason: ExitReason, message: String)?
-    private var startTime: UInt64?
-    private var deadline: UInt64?
+    @exclusivity(unchecked) public private(set) var finished: (reason: ExitReason, message: String)?
+    @exclusivity(unchecked) private var startTime: UInt64?
+    @exclusivity(unchecked) private var deadline: UInt64?
     private let watchdog = Watchdog()
-    private var guestCallDepth = 0
+    @exclusivity(unchecked) private var guestCallDepth = 0
 
     /// Loads the runtime and `image` into `memory` and sets the initial CPU state on `backend`.
     public init(image: GuestImage, memory: GuestMemory, backend: any ExecutionBackend, backendReport: BackendReport,
