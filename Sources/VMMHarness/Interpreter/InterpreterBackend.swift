@@ -59,7 +59,10 @@ public final class InterpreterBackend: ExecutionBackend {
 
     public func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
         guard addresses.count <= 4 else { throw .invalidArgument("at most 4 breakpoints") }
-        breakpoints = addresses
+        // Copied into storage kept between calls: a guest fault handler sets and clears one per
+        // call, and neither side allocates once both arrays have their capacity.
+        breakpoints.removeAll(keepingCapacity: true)
+        breakpoints.append(contentsOf: addresses)
     }
 
     public func completePortIn(value: UInt32) throws(HarnessError) {

@@ -62,6 +62,8 @@ public final class Machine {
     @exclusivity(unchecked) private var deadline: UInt64?
     private let watchdog = Watchdog()
     @exclusivity(unchecked) private var guestCallDepth = 0
+    /// The breakpoint list handed to the backend for guest calls, kept so setting one allocates nothing.
+    @exclusivity(unchecked) private var breakpointList: [UInt32] = []
 
     /// Loads the runtime and `image` into `memory` and sets the initial CPU state on `backend`.
     public init(image: GuestImage, memory: GuestMemory, backend: any ExecutionBackend, backendReport: BackendReport,
@@ -268,11 +270,18 @@ public final class Machine {
         s.eip = entry
         try backend.writeState(s)
         let breakpoint = previous.flatMap { VMMHostArea.isHandlerSlot($0) ? nil : $0 }
-        if let breakpoint { try backend.setBreakpoints([breakpoint]) }
+        if let breakpoint {
+            breakpointList.removeAll(keepingCapacity: true)
+            breakpointList.append(breakpoint)
+            try backend.setBreakpoints(breakpointList)
+        }
         guestCallDepth += 1
         defer {
             guestCallDepth -= 1
-            if breakpoint != nil { try? backend.setBreakpoints([]) }
+            if breakpoint != nil {
+                breakpointList.removeAll(keepingCapacity: true)
+                try? backend.setBreakpoints(breakpointList)
+            }
             try? backend.writeState(saved)
         }
         // After the run (the VMM's shutdown messages) the run's own watchdog is gone: bound the
@@ -631,10 +640,9 @@ public final class Machine {
         let address = try physical(linear &- 16, count: ClientRegisters.size + 16) &+ 16
         do {
             let full = template.cs & 3 != 0 || template.eflags & EFlags.vm != 0
-            let count = full ? ClientRegisters.size : ClientRegisters.stubFrameSize
-            var bytes = try memory.readBytes(address, count: count)
-            if !full { bytes += template.bytes.suffix(ClientRegisters.size - count) }
-            guard var f = ClientRegisters(bytes: bytes) else { throw HarnessError.guestProtocol("short frame") }
+            // Field by field over the template (no buffers: this is on every guest handler's path).
+            var f = template
+            try f.load(from: memory, at: address, count: full ? ClientRegisters.size : ClientRegisters.stubFrameSize)
             if !full {
                 f.ds = UInt16(truncatingIfNeeded: try memory.read32(address &- 4))
                 f.es = UInt16(truncatingIfNeeded: try memory.read32(address &- 8))

@@ -194,9 +194,10 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         // The handler's stack lies below the frame and the segment slots the DDK puts under EBP.
         let callSite = call.frameAddress &- 16
         s.esp = callSite
-        let name = vmm.guestHandlerNames[call.handler] ?? "guest handler \(call.handler)"
+        // The name is only for error messages: built only when one is.
+        let names = vmm.guestHandlerNames
         let (end, st) = try machine.callGuest(call.handler.rawValue, state: s, previous: call.previous?.rawValue,
-                                              purpose: "fault handler \(name)")
+                                              purpose: "fault handler \(names[call.handler] ?? "guest handler \(call.handler)")")
         frame = try machine.loadFrame(at: call.frameAddress, template: frame)
         var out = HandlerRegisters(st)
         // Report ESP relative to what the VMM handed over, so the register rules compare like with like.
