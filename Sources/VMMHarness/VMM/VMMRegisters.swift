@@ -111,6 +111,16 @@ public struct HandlerRegisters: Equatable, Hashable, Sendable, Codable {
         fs = cpu.fs.selector; gs = cpu.gs.selector; ss = cpu.ss.selector
     }
 
+    /// `==` written out without short-circuits, so it compiles to a few compares rather than a
+    /// memcmp call (it runs once per handler visit).
+    @inline(__always)
+    func sameValues(as o: HandlerRegisters) -> Bool {
+        let general = (eax ^ o.eax) | (ebx ^ o.ebx) | (ecx ^ o.ecx) | (edx ^ o.edx) | (esi ^ o.esi) | (edi ^ o.edi)
+            | (ebp ^ o.ebp) | (esp ^ o.esp) | (eflags ^ o.eflags)
+        let segments = (cs ^ o.cs) | (ds ^ o.ds) | (es ^ o.es) | (fs ^ o.fs) | (gs ^ o.gs) | (ss ^ o.ss)
+        return general == 0 && segments == 0
+    }
+
     /// Register names and values, in a fixed order (used for diffs and rule checks).
     public var namedValues: [(name: String, value: UInt32)] {
         [("EAX", eax), ("EBX", ebx), ("ECX", ecx), ("EDX", edx), ("ESI", esi), ("EDI", edi),

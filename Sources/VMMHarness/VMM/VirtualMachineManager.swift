@@ -767,12 +767,15 @@ public final class VirtualMachineManager {
 
         var cursor = heads[ChainKey(chain: chain, vector: vector)]
         var steps = 0
+        // One context for the whole walk (each host handler gets its own address and previous in
+        // it): making one per visit retained and released the VMM every time.
+        var context = FaultHandlerContext(vector: vector, address: FaultHandlerAddress(rawValue: 0), previous: nil,
+                                          vmm: self)
         while let index = cursor, steps <= records.count {
             steps += 1
             // The record's fields are read where they are needed rather than copying the whole
             // record (its name and kind hold references: a copy per visit costs retains). What
             // steers the walk is read before the handler runs, which may hook or unhook.
-            let kind = records[index].kind
             let address = records[index].address
             let previousAddress = records[index].previousAddress
             let previousRecord = records[index].previousRecord
@@ -780,15 +783,17 @@ public final class VirtualMachineManager {
             let before = registers
             let frameBefore = frame
             var after = registers
-            currentHandlerLabel = nil
+            if currentHandlerLabel != nil { currentHandlerLabel = nil }
             currentHandlerRecord = index
             if !currentVisitCalls.isEmpty { currentVisitCalls = [] }
             let terminationsBefore = terminationCount
             let disposition: FaultDisposition
-            switch kind {
+            // Switched on in place: binding a copy of the kind first cost a second retain of the
+            // handler's closure on every visit.
+            switch records[index].kind {
             case let .host(proc):
-                let context = FaultHandlerContext(vector: vector, address: address,
-                                                  previous: previousAddress, vmm: self)
+                context.address = address
+                context.previous = previousAddress
                 do {
                     disposition = try proc(&after, &frame, context)
                 } catch {
@@ -814,11 +819,13 @@ public final class VirtualMachineManager {
                 }
             }
 
-            let violations = Self.checkRules(before: before, after: after, disposition: disposition,
-                                             name: record.name, address: address)
+            // Nothing changed is the common case (every handler that passes on): no call for it.
+            let violations = before.sameValues(as: after) ? [] :
+                Self.checkRules(before: before, after: after, disposition: disposition,
+                                name: record.name, address: address)
             if full || !violations.isEmpty || !currentVisitCalls.isEmpty {
                 trace.visits.append(FaultHandlerVisit(
-                    address: address, name: record.name, tier: record.tier, kind: kind.label,
+                    address: address, name: record.name, tier: record.tier, kind: record.kind.label,
                     disposition: disposition,
                     registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
                     frameChanges: ValueChange.diff(frameBefore.namedFields, frame.namedFields),
@@ -893,7 +900,7 @@ public final class VirtualMachineManager {
 
     /// The register rules of Hook_VMM_Fault (see `RegisterViolation`).
     static func checkRules(before: HandlerRegisters, after: HandlerRegisters, disposition: FaultDisposition,
-                           name: String, address: FaultHandlerAddress) -> [RegisterViolation] {
+                           name: @autoclosure () -> String, address: FaultHandlerAddress) -> [RegisterViolation] {
         let arithmetic = EFlags.cf | EFlags.pf | EFlags.af | EFlags.zf | EFlags.sf | EFlags.of
         // Fast paths (no allocation): nothing changed, or only what a processing handler may change.
         if before == after { return [] }
@@ -903,6 +910,7 @@ public final class VirtualMachineManager {
             return []
         }
         let mayChange: Set<String> = ["EAX", "EBX", "ECX", "EDX", "ESI", "EDI"]
+        let name = name()
         var out: [RegisterViolation] = []
         for change in ValueChange.diff(before.namedValues, after.namedValues) {
             let broken: Bool
