@@ -9,15 +9,22 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
     /// The machine whose guest runs guest handlers. Set by `attach(to:)`.
     public private(set) weak var machine: Machine?
 
+    /// What the VMM holds (weakly) to run guest handlers. A separate object: a weak reference to
+    /// this one would give it a side table, and every retain of it — twice per fault, by the
+    /// machine — would take the runtime's slow path.
+    let calloutPort: GuestCalloutPort
+
     public init(vmm: VirtualMachineManager) {
         self.vmm = vmm
+        self.calloutPort = GuestCalloutPort(vmm: vmm)
     }
 
     /// Connects the VMM to `machine`: faults, VMMcalls and guest handlers go through it.
     public func attach(to machine: Machine) {
         self.machine = machine
+        calloutPort.machine = machine
         vmm.guestMemory = machine.memory
-        vmm.guestCallout = self
+        vmm.guestCallout = calloutPort
         machine.faultHandling = self
         machine.interruptController = self
     }
@@ -50,13 +57,18 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         let chain: FaultChainKind = frame.eflags & EFlags.vm != 0 ? .v86 : event.ring != 0 ? .pm : .vmm
         vmm.recordsTraces = details.wanted
         do {
-            let outcome = try vmm.dispatchFault(chain, vector: event.vector, frame: &frame, frameAddress: event.frameAddress,
-                                                entryRegisters: entry)
-            if details.wanted {
-                details.dispatch = outcome.trace
-                details.trace = outcome.trace.description.split(separator: "\n").map(String.init)
+            // A fault the report will not list gets no trace at all (see `walkChain`).
+            var trace: FaultDispatchTrace? = details.wanted
+                ? FaultDispatchTrace(vector: event.vector, frameAddress: event.frameAddress, entryFrame: FrameSnapshot(frame),
+                                     visits: [], outcome: "", chain: chain)
+                : nil
+            let (result, _) = try vmm.walkChain(chain, vector: event.vector, frame: &frame, frameAddress: event.frameAddress,
+                                                entryRegisters: entry, trace: &trace)
+            if let trace {
+                details.dispatch = trace
+                details.trace = trace.description.split(separator: "\n").map(String.init)
             }
-            switch outcome.result {
+            switch result {
             case let .processed(_, name):
                 return .resume(handledBy: name)
             case let .unhandled(report):
@@ -185,24 +197,7 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
     public func callGuestFaultHandler(_ call: GuestFaultHandlerCall, frame: inout ClientRegisters) throws(HarnessError)
         -> GuestFaultHandlerReturn
     {
-        guard let machine else { throw .guestProtocol("no machine to run the guest handler") }
-        try machine.storeFrame(frame, at: call.frameAddress)
-        var s = try machine.backend.readState()
-        let r = call.registers
-        s.eax = r.eax; s.ebx = r.ebx; s.ecx = r.ecx; s.edx = r.edx; s.esi = r.esi; s.edi = r.edi; s.ebp = r.ebp
-        s.eflags = r.eflags & ~EFlags.if
-        // The handler's stack lies below the frame and the segment slots the DDK puts under EBP.
-        let callSite = call.frameAddress &- 16
-        s.esp = callSite
-        // The name is only for error messages: built only when one is.
-        let names = vmm.guestHandlerNames
-        let (end, st) = try machine.callGuest(call.handler.rawValue, state: s, previous: call.previous?.rawValue,
-                                              purpose: "fault handler \(names[call.handler] ?? "guest handler \(call.handler)")")
-        frame = try machine.loadFrame(at: call.frameAddress, template: frame)
-        var out = HandlerRegisters(st)
-        // Report ESP relative to what the VMM handed over, so the register rules compare like with like.
-        out.esp = r.esp &+ (st.esp &- callSite)
-        return GuestFaultHandlerReturn(disposition: end == .returned ? .processed : .passedOn, registers: out)
+        try calloutPort.callGuestFaultHandler(call, frame: &frame)
     }
 
     /// What the VMM did over the whole run, for the report.
@@ -225,4 +220,39 @@ public struct VMMSummary: Sendable, Codable, Equatable {
     public var diagnostics: [String]
     /// Out_Debug_String / Out_Debug_Chr output.
     public var debugLog: String
+}
+
+/// Runs guest fault handlers for the VMM (`VirtualMachineManager.guestCallout`) on the machine
+/// `VMMFaultHandling.attach(to:)` connected.
+final class GuestCalloutPort: GuestFaultCallout {
+    let vmm: VirtualMachineManager
+    weak var machine: Machine?
+
+    init(vmm: VirtualMachineManager) { self.vmm = vmm }
+
+    /// Enters a guest FaultProc as the DDK says — interrupts disabled, EBX = VM handle, EBP → the
+    /// frame in guest memory, `call [FaultProc]` — and watches for its near RET (processed) or
+    /// its jump to the previous handler it was given (passed on).
+    func callGuestFaultHandler(_ call: GuestFaultHandlerCall, frame: inout ClientRegisters) throws(HarnessError)
+        -> GuestFaultHandlerReturn
+    {
+        guard let machine else { throw .guestProtocol("no machine to run the guest handler") }
+        try machine.storeFrame(frame, at: call.frameAddress)
+        var s = try machine.backend.readState()
+        let r = call.registers
+        s.eax = r.eax; s.ebx = r.ebx; s.ecx = r.ecx; s.edx = r.edx; s.esi = r.esi; s.edi = r.edi; s.ebp = r.ebp
+        s.eflags = r.eflags & ~EFlags.if
+        // The handler's stack lies below the frame and the segment slots the DDK puts under EBP.
+        let callSite = call.frameAddress &- 16
+        s.esp = callSite
+        // The name is only for error messages: built only when one is.
+        let names = vmm.guestHandlerNames
+        let (end, st) = try machine.callGuest(call.handler.rawValue, state: s, previous: call.previous?.rawValue,
+                                              purpose: "fault handler \(names[call.handler] ?? "guest handler \(call.handler)")")
+        frame = try machine.loadFrame(at: call.frameAddress, template: frame)
+        var out = HandlerRegisters(st)
+        // Report ESP relative to what the VMM handed over, so the register rules compare like with like.
+        out.esp = r.esp &+ (st.esp &- callSite)
+        return GuestFaultHandlerReturn(disposition: end == .returned ? .processed : .passedOn, registers: out)
+    }
 }

@@ -752,14 +752,41 @@ public final class VirtualMachineManager {
                               frameAddress: UInt32, entryRegisters: HandlerRegisters)
         throws(FaultDispatchError) -> FaultDispatchOutcome
     {
+        var trace: FaultDispatchTrace? = FaultDispatchTrace(
+            vector: vector, frameAddress: frameAddress,
+            entryFrame: recordsTraces ? FrameSnapshot(frame) : FrameSnapshot.empty, visits: [], outcome: "", chain: chain)
+        let (result, registers) = try walkChain(chain, vector: vector, frame: &frame, frameAddress: frameAddress,
+                                                entryRegisters: entryRegisters, trace: &trace)
+        return FaultDispatchOutcome(result: result,
+                                    trace: trace ?? Self.minimalTrace(chain, vector: vector, frameAddress: frameAddress),
+                                    registers: registers)
+    }
+
+    /// The trace an error carries when none was being recorded: the fault and the chain only.
+    static func minimalTrace(_ chain: FaultChainKind, vector: UInt8, frameAddress: UInt32) -> FaultDispatchTrace {
+        FaultDispatchTrace(vector: vector, frameAddress: frameAddress, entryFrame: FrameSnapshot.empty, visits: [],
+                           outcome: "", chain: chain)
+    }
+
+    /// The chain walk behind `dispatchFault`. With `trace` nil (the machine's path for faults it
+    /// does not list, when `recordsTraces` is off) no trace is built at all; a trace value costs
+    /// copies and releases of its arrays and strings on every fault. Errors still carry one.
+    func walkChain(_ chain: FaultChainKind, vector: UInt8, frame: inout ClientRegisters, frameAddress: UInt32,
+                   entryRegisters: HandlerRegisters, trace: inout FaultDispatchTrace?)
+        throws(FaultDispatchError) -> (FaultDispatchResult, HandlerRegisters)
+    {
         if let active = activeVector { throw .reentrantDispatch(vector: vector, activeVector: active) }
         let saved = enterHandlerContext(vector: vector)
         defer { leaveHandlerContext(saved) }
 
-        let full = recordsTraces
-        var trace = FaultDispatchTrace(vector: vector, frameAddress: frameAddress,
-                                       entryFrame: full ? FrameSnapshot(frame) : FrameSnapshot.empty,
-                                       visits: [], outcome: "", chain: chain)
+        // Asked once: testing the optional trace in the loop copied it on every visit.
+        let tracing = trace != nil
+        let full = recordsTraces && tracing
+        func errorTrace(_ outcome: String) -> FaultDispatchTrace {
+            var t = trace ?? Self.minimalTrace(chain, vector: vector, frameAddress: frameAddress)
+            t.outcome = outcome
+            return t
+        }
         var registers = entryRegisters
         registers.ebx = currentVM
         registers.ebp = frameAddress
@@ -797,15 +824,14 @@ public final class VirtualMachineManager {
                 do {
                     disposition = try proc(&after, &frame, context)
                 } catch {
-                    trace.outcome = "error: \(record.name) threw \(error)"
-                    throw .handlerThrew(name: record.name, handler: address, message: "\(error)", trace: trace)
+                    throw .handlerThrew(name: record.name, handler: address, message: "\(error)",
+                                        trace: errorTrace("error: \(record.name) threw \(error)"))
                 }
             case .vmmDefault:
                 disposition = ownPolicy(chain).action(vector, &frame) ? .processed : .passedOn
             case let .guest(address):
                 guard let callout = guestCallout else {
-                    trace.outcome = "error: no guest callout for \(address)"
-                    throw .noGuestCallout(handler: address, trace: trace)
+                    throw .noGuestCallout(handler: address, trace: errorTrace("error: no guest callout for \(address)"))
                 }
                 let call = GuestFaultHandlerCall(vector: vector, handler: address, previous: previousAddress,
                                                  registers: before, frameAddress: frameAddress, role: .fault(chain))
@@ -814,8 +840,7 @@ public final class VirtualMachineManager {
                     after = r.registers
                     disposition = r.disposition
                 } catch {
-                    trace.outcome = "error: \(error)"
-                    throw .guestCallout(error, handler: address, trace: trace)
+                    throw .guestCallout(error, handler: address, trace: errorTrace("error: \(error)"))
                 }
             }
 
@@ -823,8 +848,8 @@ public final class VirtualMachineManager {
             let violations = before.sameValues(as: after) ? [] :
                 Self.checkRules(before: before, after: after, disposition: disposition,
                                 name: record.name, address: address)
-            if full || !violations.isEmpty || !currentVisitCalls.isEmpty {
-                trace.visits.append(FaultHandlerVisit(
+            if tracing, full || !violations.isEmpty || !currentVisitCalls.isEmpty {
+                trace?.visits.append(FaultHandlerVisit(
                     address: address, name: record.name, tier: record.tier, kind: record.kind.label,
                     disposition: disposition,
                     registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
@@ -834,25 +859,23 @@ public final class VirtualMachineManager {
             if !violations.isEmpty { diagnostics.append(contentsOf: violations.map { .registerViolation($0) }) }
 
             if terminationCount != terminationsBefore, let t = termination {
-                trace.outcome = "terminated by \(record.name): \(t)"
-                return FaultDispatchOutcome(result: .terminated(t), trace: trace, registers: after)
+                trace?.outcome = "terminated by \(record.name): \(t)"
+                return (.terminated(t), after)
             }
             if configuration.strictRegisterRules, let v = violations.first {
-                trace.outcome = "error: \(v)"
-                throw .registerViolation(v, trace: trace)
+                throw .registerViolation(v, trace: errorTrace("error: \(v)"))
             }
             if disposition == .processed {
-                if full { trace.outcome = "processed by \(record.name) at \(address)" }
-                return FaultDispatchOutcome(result: .processed(by: address, name: record.name), trace: trace,
-                                            registers: after)
+                if full { trace?.outcome = "processed by \(record.name) at \(address)" }
+                return (.processed(by: address, name: record.name), after)
             }
             registers = after
             cursor = previousRecord
         }
         let report = chain == .vmm ? fatalExceptionReport(vector: vector, frame: frame)
             : FatalExceptionReport(vector: vector, frame: frame, chain: chain)
-        trace.outcome = "unhandled: \(report.message)"
-        return FaultDispatchOutcome(result: .unhandled(report), trace: trace, registers: registers)
+        trace?.outcome = "unhandled: \(report.message)"
+        return (.unhandled(report), registers)
     }
 
     /// What a handler run changes in the VMM's state, to restore afterwards.
