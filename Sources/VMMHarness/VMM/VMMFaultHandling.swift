@@ -40,7 +40,7 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
 
     public func handleFault(_ event: FaultEvent, frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution {
         if event.vector == 0x20 && event.ring == 0 && frame.eflags & EFlags.vm == 0 {
-            return vmmcall(frame: &frame, details: &details)
+            return vmmcall(event, frame: &frame, details: &details)
         }
         // The registers of `call [FaultProc]`: the interrupted code's general registers (the stub's
         // PUSHAD left them unchanged), the stub's ring-0 segments and stack; the VMM sets EBX, EBP
@@ -127,22 +127,37 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
     /// low word ordinal, bit 15 = VMMjmp). The service runs with its register contract on the
     /// frame's registers; the guest continues after the dword (VMMcall) or at the return address
     /// on its stack (VMMjmp: the service "returns" for the caller).
-    func vmmcall(frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution {
+    func vmmcall(_ event: FaultEvent, frame: inout ClientRegisters, details: inout FaultDetails) -> FaultResolution {
         guard let machine else { return .stop(reason: .backendError, message: "VMMcall without a machine") }
         let site = frame.eip &- 2
-        let operand: UInt32
-        do { operand = try machine.readLinear32(frame.eip) } catch {
+        // Guest-linear reads through the paging state the stub exited with (no second state read).
+        func readLinear32(_ linear: UInt32) -> UInt32? {
+            guard let p = PageWalker.contiguous(linear, count: 4, state: event.stubState, memory: machine.memory) else {
+                return nil
+            }
+            return try? machine.memory.read32(p)
+        }
+        guard let operand = readLinear32(frame.eip) else {
             return .stop(reason: .fatalError, message: "VMMcall at \(hex(site)): the service dword is outside guest memory")
         }
         let id = VMMServiceID(vmmcallOperand: operand)
         var regs = ServiceRegisters(eax: frame.eax, ebx: frame.ebx, ecx: frame.ecx, edx: frame.edx, esi: frame.esi,
                                     edi: frame.edi, ebp: frame.ebp, esp: frame.esp, eflags: frame.eflags)
         let before = regs
-        let name = vmm.configuration.services[id.ordinal].map(\.name) ?? "service \(hex(id.ordinal, width: 4))"
-        let caller = machine.image.symbolize(site).map { " <\($0.name)\($0.offset == 0 ? "" : "+\(hex($0.offset, width: 1, prefix: "0x"))")>" } ?? ""
-        // Name a guest handler after its symbol before the hook service records it.
-        if id.device == VMMServiceTable.vmmDeviceID, [0x7F, 0x80, 0x81, 0x17, 0x18].contains(id.ordinal),
-           !VMMHostArea.isHandlerSlot(regs.esi), vmm.guestHandlerNames[FaultHandlerAddress(regs.esi)] == nil {
+        // Names and the caller's symbol are only for the trace and for errors: built when needed,
+        // so a VMMcall the report does not list allocates nothing.
+        func name() -> String { vmm.configuration.services[id.ordinal].map(\.name) ?? "service \(hex(id.ordinal, width: 4))" }
+        func caller() -> String {
+            machine.image.symbolize(site).map { " <\($0.name)\($0.offset == 0 ? "" : "+\(hex($0.offset, width: 1, prefix: "0x"))")>" } ?? ""
+        }
+        // Name a guest handler after its symbol before the hook service records it (Hook_V86_Fault,
+        // Hook_PM_Fault, Hook_VMM_Fault, Set_NMI_Handler_Addr, Hook_NMI_Event).
+        let hooksAHandler: Bool
+        switch id.ordinal {
+        case 0x7F, 0x80, 0x81, 0x17, 0x18: hooksAHandler = id.device == VMMServiceTable.vmmDeviceID
+        default: hooksAHandler = false
+        }
+        if hooksAHandler, !VMMHostArea.isHandlerSlot(regs.esi), vmm.guestHandlerNames[FaultHandlerAddress(regs.esi)] == nil {
             vmm.guestHandlerNames[FaultHandlerAddress(regs.esi)] = machine.image.symbolize(regs.esi).map {
                 $0.offset == 0 ? $0.name : "\($0.name)+\(hex($0.offset, width: 1, prefix: "0x"))"
             } ?? "guest \(hex(regs.esi))"
@@ -151,32 +166,36 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         do {
             outcome = try vmm.callService(vmmcallOperand: operand, registers: &regs)
         } catch {
-            details.trace = ["VMMcall at \(hex(site))\(caller): \(error)"]
+            details.trace = ["VMMcall at \(hex(site))\(caller()): \(error)"]
             if case .unknownService = error {
-                return .stop(reason: .fatalError, message: "Invalid VxD dynamic link call at \(hex(site))\(caller): \(error)")
+                return .stop(reason: .fatalError, message: "Invalid VxD dynamic link call at \(hex(site))\(caller()): \(error)")
             }
             // A service argument the host refused to follow (e.g. a string pointer outside guest
             // memory): the real VMM would have page-faulted in the service; the run ends, naming it.
-            return .stop(reason: .fatalError, message: "VMMcall \(name) at \(hex(site))\(caller): \(error)")
+            return .stop(reason: .fatalError, message: "VMMcall \(name()) at \(hex(site))\(caller()): \(error)")
         }
         let arithmetic = EFlags.cf | EFlags.pf | EFlags.af | EFlags.zf | EFlags.sf | EFlags.of
         frame.eax = regs.eax; frame.ebx = regs.ebx; frame.ecx = regs.ecx; frame.edx = regs.edx
         frame.esi = regs.esi; frame.edi = regs.edi; frame.ebp = regs.ebp
         frame.eflags = (frame.eflags & ~arithmetic) | (regs.eflags & arithmetic)
         if id.isJump {
-            do { frame.eip = try machine.readLinear32(frame.esp) } catch {
+            guard let returnAddress = readLinear32(frame.esp) else {
                 return .stop(reason: .fatalError, message: "VMMjmp at \(hex(site)): no return address on the stack at \(hex(frame.esp))")
             }
+            frame.eip = returnAddress
             frame.esp &+= 4
         } else {
             frame.eip &+= 4
         }
-        details.trace = ["\(id.isJump ? "VMMjmp" : "VMMcall") \(name) at \(hex(site))\(caller): " +
-                         Self.registerDiff(before, regs)]
+        if details.wanted {
+            details.trace = ["\(id.isJump ? "VMMjmp" : "VMMcall") \(name()) at \(hex(site))\(caller()): " +
+                             Self.registerDiff(before, regs)]
+        }
         if case let .terminate(report) = outcome {
             return .stop(reason: .fatalError, message: report.description)
         }
-        return .resume(handledBy: "\(id.isJump ? "VMMjmp" : "VMMcall") \(name)")
+        guard details.wanted else { return .resume(handledBy: id.isJump ? "VMMjmp" : "VMMcall") }
+        return .resume(handledBy: "\(id.isJump ? "VMMjmp" : "VMMcall") \(name())")
     }
 
     static func registerDiff(_ a: ServiceRegisters, _ b: ServiceRegisters) -> String {
