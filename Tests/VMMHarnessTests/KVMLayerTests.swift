@@ -138,3 +138,68 @@ struct KVMDeviceTests {
         #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/dev/kvm", errno: ENODEV)).contains("ENODEV"))
     }
 }
+
+/// The instruction assist: what KVM's emulator refuses (INT n on PVM hosts) runs in the
+/// interpreter, and when the INT lands in one of the runtime's stubs the stub runs there too, up
+/// to its OUT, instead of costing another KVM run.
+struct InstructionAssistTests {
+    /// `INT 30h` at the image base over fresh memory holding the runtime.
+    static func intState() throws -> (CPUState, GuestMemory) {
+        let memory = try GuestMemory(size: 2 << 20)
+        try memory.writeBytes(MemoryMap.runtimeBase, RuntimeImage.bytes)
+        try memory.writeBytes(MemoryMap.imageBase, [0xCD, 0x30, 0xF4])   // int 30h; hlt
+        return (Machine.initialState(entry: MemoryMap.imageBase, layout: try RuntimeImage.layout()), memory)
+    }
+
+    @Test func intIntoARuntimeStubRunsTheStubToItsOut() throws {
+        var (state, memory) = try Self.intState()
+        state.eax = 0x1111_2222
+        let esp = state.esp
+        let outcome = InterpreterAssist().assist(state: &state, memory: memory)
+        #expect(outcome == .exit(.portOut(port: Ports.faultBase + 0x30, size: 1, value: state.eax & 0xFF)))
+        // The stub's frame is complete: EIP/CS/EFLAGS from the INT, the dummy error code, PUSHAD.
+        let frameAt = state.esp
+        #expect(esp &- frameAt == UInt32(ClientRegisters.stubFrameSize))
+        var frame = ClientRegisters()
+        try frame.load(from: memory, at: frameAt, count: ClientRegisters.stubFrameSize)
+        #expect(frame.eip == MemoryMap.imageBase + 2)   // INT n is a trap: after the instruction
+        #expect(frame.cs == Selectors.ring0Code)
+        #expect(frame.error == 0)
+        #expect(frame.eax == 0x1111_2222)
+    }
+
+    /// On KVM: one run to the INT (refused on PVM hosts, native elsewhere), the host's handler,
+    /// one run to the HLT. Without the stub in the assist a PVM host needed a third run.
+    @Test(.enabled(if: TestSupport.kvmUsable, "KVM not usable: \(TestSupport.kvmSkipReason)"))
+    func intReachesTheHostInOneKVMRun() throws {
+        var options = MachineOptions()
+        options.memorySize = 2 << 20
+        let handling = ClosureFaultHandling { event, frame in
+            guard event.vector == 0x30 else { return false }
+            frame.eax = 0x1234
+            return true
+        }
+        let machine = try Harness.makeMachine(image: GuestImage(name: "int30", bytes: [0xCD, 0x30, 0xF4]), choice: .kvm,
+                                              options: options, faultHandling: handling)
+        let report = machine.run()
+        #expect(report.exit.reason == .halt)
+        #expect(report.finalRegisters?.eax == 0x1234)
+        #expect(report.faults.map(\.vector) == [0x30])
+        #expect(report.statistics.backendRuns == 2)
+        #expect(report.statistics.assists <= 1)
+    }
+
+    @Test func anInstructionOutsideTheStubsCompletesAlone() throws {
+        var (state, memory) = try Self.intState()
+        // A guest IDT entry for 30h that points at a HLT in the image, not at a stub: the assist
+        // runs INT only and hands the rest back.
+        let layout = try RuntimeImage.layout()
+        let target = MemoryMap.imageBase + 2
+        let gate = UInt64(target & 0xFFFF) | UInt64(Selectors.ring0Code) << 16 | UInt64(0x8E00) << 32
+            | UInt64(target >> 16) << 48
+        try memory.write64(layout.idt.base + 0x30 * 8, gate)
+        let outcome = InterpreterAssist().assist(state: &state, memory: memory)
+        #expect(outcome == .completed)
+        #expect(state.eip == target)
+    }
+}

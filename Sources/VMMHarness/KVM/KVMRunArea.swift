@@ -59,20 +59,21 @@ public final class KVMRunArea: @unchecked Sendable {
         case KVM_EXIT_INTERNAL_ERROR:
             let ie = r.internal
             let n = Int(min(ie.ndata, 16))
-            var data: [UInt64] = []
-            withUnsafeBytes(of: ie.data) { b in
-                for i in 0..<n { data.append(b.load(fromByteOffset: i * 8, as: UInt64.self)) }
+            // Each array is made at its final size (this exit is on every assisted INT n's path).
+            let data: [UInt64] = withUnsafeBytes(of: ie.data) { b in
+                (0..<n).map { b.load(fromByteOffset: $0 * 8, as: UInt64.self) }
             }
             var bytes: [UInt8] = []
             // Emulation failures with KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES carry
             // the instruction (struct emulation_failure): data[0] = flags, then insn_size (one
-            // byte) and up to 15 instruction bytes.
+            // byte) and up to 15 instruction bytes, in data[1] and data[2] (little-endian).
             if ie.suberror == ckvm_KVM_INTERNAL_ERROR_EMULATION, data.count >= 3,
                data[0] & UInt64(ckvm_KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 {
-                var all: [UInt8] = []
-                for q in data[1...2] { for i in 0..<8 { all.append(UInt8(truncatingIfNeeded: q >> (8 * UInt64(i)))) } }
-                let count = Int(min(all[0], 15))
-                bytes = Array(all[1..<(1 + count)])
+                let count = Int(min(UInt8(truncatingIfNeeded: data[1]), 15))
+                bytes = (0..<count).map { i in
+                    let at = i + 1   // byte index within data[1...2]
+                    return UInt8(truncatingIfNeeded: data[1 + at / 8] >> (8 * UInt64(at % 8)))
+                }
             }
             return .internalError(suberror: ie.suberror, data: data, instructionBytes: bytes)
         case KVM_EXIT_INTR:

@@ -15,6 +15,19 @@ extension Harness {
 final class InterpreterAssist: InstructionAssist {
     /// One interpreter kept across assists (its decode cache validates every hit against memory).
     private var interpreter: Interpreter?
+    /// Where the runtime's IDT stubs lie (linear = physical: the runtime is identity-mapped).
+    private let stubs: Range<UInt32>?
+
+    init() {
+        if let l = try? RuntimeImage.layout() {
+            stubs = l.stubBase..<(l.stubBase &+ l.stubSize &* UInt32(l.vectorCount))
+        } else {
+            stubs = nil
+        }
+    }
+
+    /// Instructions of a runtime stub (`push 0`, `pushal`, `out`) run after the refused one.
+    static let stubInstructionLimit = 8
 
     func assist(state: inout CPUState, memory: GuestMemory) -> AssistOutcome {
         let interpreter: Interpreter
@@ -25,7 +38,18 @@ final class InterpreterAssist: InstructionAssist {
             interpreter = Interpreter(memory: memory, state: state)
             self.interpreter = interpreter
         }
-        let stop = interpreter.step()
+        var stop = interpreter.step()
+        // The refused instruction was INT n (or INT3, INTO, BOUND) delivered into one of the
+        // runtime's own stubs: run the stub to its OUT here too. Handing it back to KVM would
+        // cost a second exit (about 10 µs on a PVM host) for three instructions.
+        if stop == nil, let stubs {
+            var n = 0
+            while n < Self.stubInstructionLimit, stubs.contains(interpreter.csBase &+ interpreter.eip) {
+                stop = interpreter.step()
+                if stop != nil { break }
+                n += 1
+            }
+        }
         state = interpreter.state
         switch stop {
         case nil:

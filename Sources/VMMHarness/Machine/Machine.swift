@@ -344,7 +344,8 @@ public final class Machine {
     }
 
     private func handleInternalError(suberror: UInt32, data: [UInt64], bytes: [UInt8]) {
-        let hexBytes = bytes.map { hex($0, width: 2, prefix: "") }.joined(separator: " ")
+        // Only for messages: built when one is (an assisted INT n is on every VMMcall's path on PVM hosts).
+        var hexBytes: String { bytes.map { hex($0, width: 2, prefix: "") }.joined(separator: " ") }
         guard suberror == 1 else {
             finish(.backendError, "KVM_EXIT_INTERNAL_ERROR suberror \(suberror), data \(data.map { hex($0, width: 16, prefix: "0x") })")
             return
