@@ -64,6 +64,20 @@ public final class Machine {
     @exclusivity(unchecked) private var guestCallDepth = 0
     /// The breakpoint list handed to the backend for guest calls, kept so setting one allocates nothing.
     @exclusivity(unchecked) private var breakpointList: [UInt32] = []
+    /// The breakpoint set on the backend now (nil: none); not to be trusted after a failed change.
+    @exclusivity(unchecked) private var armedBreakpoint: UInt32?
+    @exclusivity(unchecked) private var armedBreakpointKnown = true
+
+    /// Sets the backend's breakpoint to `address` (nil: none) unless it is known to be that already.
+    private func arm(_ address: UInt32?) throws(HarnessError) {
+        guard !armedBreakpointKnown || address != armedBreakpoint else { return }
+        breakpointList.removeAll(keepingCapacity: true)
+        if let address { breakpointList.append(address) }
+        armedBreakpointKnown = false
+        try backend.setBreakpoints(breakpointList)
+        armedBreakpoint = address
+        armedBreakpointKnown = true
+    }
 
     /// Loads the runtime and `image` into `memory` and sets the initial CPU state on `backend`.
     public init(image: GuestImage, memory: GuestMemory, backend: any ExecutionBackend, backendReport: BackendReport,
@@ -158,6 +172,8 @@ public final class Machine {
     private func runOnce() -> GuestExit? {
         let exit: GuestExit
         do {
+            // Outside guest calls no breakpoint may stay armed (see `callGuest`).
+            if guestCallDepth == 0 && (armedBreakpoint != nil || !armedBreakpointKnown) { try arm(nil) }
             exit = try backend.run(instructionBudget: options.sliceInstructions)
         } catch {
             finish(.backendError, error.description)
@@ -269,19 +285,18 @@ public final class Machine {
         }
         s.eip = entry
         try backend.writeState(s)
-        let breakpoint = previous.flatMap { VMMHostArea.isHandlerSlot($0) ? nil : $0 }
-        if let breakpoint {
-            breakpointList.removeAll(keepingCapacity: true)
-            breakpointList.append(breakpoint)
-            try backend.setBreakpoints(breakpointList)
-        }
+        // The breakpoint that catches the jump to `previous` (a guest address; a host slot exits
+        // by itself). Changed only when it differs from the armed one and cleared lazily, before
+        // the guest runs outside a call (`runOnce`): walking a chain of guest handlers costs one
+        // KVM_SET_GUEST_DEBUG per handler instead of two.
+        let outerBreakpoint = armedBreakpoint
+        try arm(previous.flatMap { VMMHostArea.isHandlerSlot($0) ? nil : $0 })
         guestCallDepth += 1
         defer {
             guestCallDepth -= 1
-            if breakpoint != nil {
-                breakpointList.removeAll(keepingCapacity: true)
-                try? backend.setBreakpoints(breakpointList)
-            }
+            // A nested call (a guest procedure run while another waits) gives the outer one its
+            // breakpoint back.
+            if guestCallDepth > 0 { try? arm(outerBreakpoint) }
             try? backend.writeState(saved)
         }
         // After the run (the VMM's shutdown messages) the run's own watchdog is gone: bound the
