@@ -8,7 +8,18 @@
 #include <stddef.h>
 #include <stdlib.h>
 
-#if defined(__GLIBC__)
+/* Under a sanitizer its own allocator must see every malloc and free: forwarding to glibc's would
+ * hand ASan's blocks to glibc's free (a crash). The counter is then inactive. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#define CMALLOC_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define CMALLOC_SANITIZED 1
+#endif
+
+#if defined(__GLIBC__) && !defined(CMALLOC_SANITIZED)
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
