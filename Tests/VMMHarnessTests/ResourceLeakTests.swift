@@ -10,12 +10,19 @@ import Testing
 /// and tests running in parallel in this one open and close descriptors (KVM's among them) and
 /// allocate at any moment, which made an in-process count fail now and then.
 ///
-/// `VMM_HARNESS_LEAK_CYCLES` sets the number of cycles per test (default 2,000).
+/// `VMM_HARNESS_LEAK_CYCLES` sets the number of cycles per test (default 10,000, issue 8's count).
 /// docs/hardening.md has the 10,000-cycle numbers.
 @Suite("Resource leaks", .enabled(if: CLIBinary.path != nil, "the vmm-harness binary is not built next to the tests"))
 struct ResourceLeakTests {
     static var cycles: Int {
         ProcessInfo.processInfo.environment["VMM_HARNESS_LEAK_CYCLES"].flatMap(Int.init) ?? 10_000
+    }
+
+    /// VmRSS growth still counted as noise, in KiB: `VMM_HARNESS_LEAK_RSS_SLACK_KIB`, else soak's
+    /// default. scripts/asan.sh raises it: AddressSanitizer's quarantine holds freed blocks back
+    /// (256 MiB by default), so resident memory grows under it whether anything leaks or not.
+    static var rssSlackArguments: [String] {
+        ProcessInfo.processInfo.environment["VMM_HARNESS_LEAK_RSS_SLACK_KIB"].flatMap(Int.init).map { ["--rss-slack", "\($0)"] } ?? []
     }
 
     /// A guest device hooks #GP at Sys_Critical_Init and processes a real #GP: the VMM, the guest
@@ -41,7 +48,7 @@ struct ResourceLeakTests {
 
     static func check(backend: String) throws {
         guard TestSupport.toolchain != nil else { try Test.cancel("needs the toolchain's clang to assemble the scenario") }
-        let r = try soak([scenario, "--backend", backend, "--cycles", "\(cycles)"])
+        let r = try soak([scenario, "--backend", backend, "--cycles", "\(cycles)"] + rssSlackArguments)
         let report = try #require(r.report, "no report; exit \(r.status), stderr: \(r.err)")
         print("[leak] \(backend): \(report.cycles) cycles in \(String(format: "%.1f", report.seconds)) s;"
               + " fds \(report.before.descriptors) -> \(report.after.descriptors);"
