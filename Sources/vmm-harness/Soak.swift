@@ -52,9 +52,7 @@ struct Soak: ParsableCommand {
         let report: SoakReport
         do { report = try Harness.soak(Scenario(image: image), settings: settings) } catch { fail(error.description, code: 2) }
         if json {
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            if let data = try? enc.encode(report) { print(String(decoding: data, as: UTF8.self)) }
+            printJSON(report)
         } else {
             print(report.listing)
         }

@@ -26,6 +26,14 @@ struct BackendOptions: ParsableArguments {
     }
 }
 
+/// Prints `value` as pretty, key-sorted JSON (the format of every `--json`); an encoding failure
+/// is an error line and exit code 1.
+func printJSON<T: Encodable>(_ value: T) {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    do { print(String(decoding: try enc.encode(value), as: UTF8.self)) } catch { fail("encoding the JSON: \(error)") }
+}
+
 /// Prints an error line and exits with `code`, without a stack trace.
 func fail(_ message: String, code: Int32 = 1) -> Never {
     FileHandle.standardError.write(Data("vmm-harness: \(message)\n".utf8))
@@ -65,9 +73,7 @@ struct Run: ParsableCommand {
         let report: RunReport
         do { report = try Harness.run(scenario, configuration: config) } catch { fail(error.description, code: 2) }
         if json {
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            if let data = try? enc.encode(report) { print(String(decoding: data, as: UTF8.self)) }
+            printJSON(report)
         } else {
             print(ReportFormatter.listing(report, trace: trace))
         }
@@ -85,9 +91,7 @@ struct Probe: ParsableCommand {
     func run() throws {
         let result = KVMProbe.run()
         if json {
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            if let data = try? enc.encode(result) { print(String(decoding: data, as: UTF8.self)) }
+            printJSON(result)
         } else {
             print(result.listing)
         }

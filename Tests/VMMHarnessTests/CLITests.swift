@@ -15,15 +15,12 @@ enum CLIBinary {
             where FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         return nil
     }()
-}
 
-/// The built `vmm-harness` binary: its output and exit codes.
-@Suite(.enabled(if: CLIBinary.path != nil, "the vmm-harness binary is not built next to the tests"))
-struct CLITests {
-
-    func run(_ args: [String], env: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
+    /// Runs the binary with `args` (and `env` over this process's environment) and returns its
+    /// exit status, standard output and standard error.
+    static func run(_ args: [String], env: [String: String] = [:]) throws -> (status: Int32, out: Data, err: String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: try #require(CLIBinary.path))
+        p.executableURL = URL(fileURLWithPath: try #require(path))
         p.arguments = args
         p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
         let out = Pipe(), err = Pipe()
@@ -33,7 +30,17 @@ struct CLITests {
         let o = out.fileHandleForReading.readDataToEndOfFile()
         let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        return (p.terminationStatus, o, String(decoding: e, as: UTF8.self))
+    }
+}
+
+/// The built `vmm-harness` binary: its output and exit codes.
+@Suite(.enabled(if: CLIBinary.path != nil, "the vmm-harness binary is not built next to the tests"))
+struct CLITests {
+
+    func run(_ args: [String], env: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
+        let r = try CLIBinary.run(args, env: env)
+        return (r.status, String(decoding: r.out, as: UTF8.self), r.err)
     }
 
     @Test func missingFileIsOneLineAndExitCode1() throws {

@@ -32,18 +32,8 @@ struct ResourceLeakTests {
 
     /// Runs `vmm-harness soak` and returns its decoded report and exit status.
     static func soak(_ extra: [String]) throws -> (status: Int32, report: SoakReport?, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try #require(CLIBinary.path))
-        p.arguments = ["soak", "--json", "--timeout", "60"] + extra
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let report = try? JSONDecoder().decode(SoakReport.self, from: o)
-        return (p.terminationStatus, report, String(decoding: e, as: UTF8.self))
+        let r = try CLIBinary.run(["soak", "--json", "--timeout", "60"] + extra)
+        return (r.status, try? JSONDecoder().decode(SoakReport.self, from: r.out), r.err)
     }
 
     static func check(backend: String) throws {
