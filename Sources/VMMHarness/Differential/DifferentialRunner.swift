@@ -232,6 +232,10 @@ final class RecordingAssist: InstructionAssist {
         }
         return inner.assist(state: &state, memory: memory)
     }
+
+    func deliverInterrupt(vector: UInt8, state: inout CPUState, memory: GuestMemory, inhibited: Bool) -> InterruptDelivery {
+        inner.deliverInterrupt(vector: vector, state: &state, memory: memory, inhibited: inhibited)
+    }
 }
 
 /// A batch of generated programs run on both backends (the long differential run).

@@ -29,6 +29,24 @@ final class InterpreterAssist: InstructionAssist {
     /// Instructions of a runtime stub (`push 0`, `pushal`, `out`) run after the refused one.
     static let stubInstructionLimit = 8
 
+    func deliverInterrupt(vector: UInt8, state: inout CPUState, memory: GuestMemory, inhibited: Bool) -> InterruptDelivery {
+        let interpreter = interpreter(for: memory, state: state)
+        if vector != 0x02 && (inhibited || state.eflags & EFlags.if == 0) { return .notAccepted }
+        if case let .shutdown(reason)? = interpreter.deliverExternalInterrupt(vector: vector) { return .shutdown(reason: reason) }
+        state = interpreter.state
+        return .delivered
+    }
+
+    private func interpreter(for memory: GuestMemory, state: CPUState) -> Interpreter {
+        if let existing = self.interpreter, existing.memory === memory {
+            existing.state = state
+            return existing
+        }
+        let made = Interpreter(memory: memory, state: state)
+        self.interpreter = made
+        return made
+    }
+
     func assist(state: inout CPUState, memory: GuestMemory) -> AssistOutcome {
         let interpreter: Interpreter
         if let existing = self.interpreter, existing.memory === memory {

@@ -18,20 +18,6 @@ public struct MachineOptions: Sendable {
     public init() {}
 }
 
-/// Finishes, on the host, an instruction a KVM host's emulator refused (the interpreter does this).
-public protocol InstructionAssist: AnyObject {
-    /// Executes exactly one instruction at `state.eip` (delivering any exception it raises through
-    /// the guest IDT) and returns what the instruction did at the end.
-    func assist(state: inout CPUState, memory: GuestMemory) -> AssistOutcome
-}
-
-/// What an assisted instruction ended with.
-public enum AssistOutcome: Equatable, Sendable {
-    case completed
-    case exit(GuestExit)
-    case failed(String)
-}
-
 /// One guest machine: guest memory holding the runtime and the user image, an execution backend,
 /// and the loop that runs it and turns every exit into the next step.
 ///
@@ -238,6 +224,10 @@ public final class Machine {
             finish(.mmio, "the guest \(isWrite ? "wrote" : "read") \(length) byte(s) at guest-physical \(hex(address, width: 8)), where there is no memory\(where_)")
         case let .breakpoint(address):
             finish(.backendError, "unexpected breakpoint at \(hex(address))")
+        case let .singleStep(address):
+            finish(.backendError, "unexpected single-step stop at \(hex(address))")
+        case let .assistFailed(bytes, address, why):
+            finish(.emulationFailure, "KVM could not emulate [\(bytes.map { hex($0, width: 2, prefix: "") }.joined(separator: " "))] at \(hex(address)) and the assist failed: \(why)")
         case let .unknown(reason):
             finish(.backendError, "unknown exit reason \(reason)")
         }
