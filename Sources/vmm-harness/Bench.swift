@@ -78,7 +78,7 @@ struct Bench: ParsableCommand {
         let printProgress = progress
         let runner = BenchRunner(settings: settings, allocationCounter: counter, progress: { line in
             if printProgress { FileHandle.standardError.write(Data("bench: \(line)\n".utf8)) }
-        })
+        }, kvmDevice: RunOptions.environmentBackendOptions.kvmDevicePath)
         var result = runner.run()
         if let peer {
             guard let data = FileManager.default.contents(atPath: peer) else { fail("cannot read --peer \(peer)") }

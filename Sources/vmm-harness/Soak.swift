@@ -16,7 +16,7 @@ struct Soak: ParsableCommand {
     @Argument(help: "The guest: a .S source or a flat binary.")
     var file: String
 
-    @OptionGroup var backendOptions: BackendOptions
+    @OptionGroup var runOptions: RunOptions
 
     @Option(help: "Measured cycles.")
     var cycles = 2_000
@@ -46,8 +46,7 @@ struct Soak: ParsableCommand {
         settings.cycles = cycles
         settings.warmUp = warmUp
         settings.residentSlackKiB = rssSlack
-        settings.configuration.backend = backendOptions.backend
-        settings.configuration.options.timeout = backendOptions.timeout
+        runOptions.apply(to: &settings.configuration)
         settings.configuration.devices = devices
         let report: SoakReport
         do { report = try Harness.soak(Scenario(image: image), settings: settings) } catch { fail(error.description, code: 2) }

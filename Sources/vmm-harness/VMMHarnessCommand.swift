@@ -14,7 +14,10 @@ struct VMMHarnessCommand: ParsableCommand {
 
 extension BackendChoice: ExpressibleByArgument {}
 
-struct BackendOptions: ParsableArguments {
+/// The options every way of running a guest shares. The CLI is the one place that reads the
+/// environment: `VMM_HARNESS_BACKEND` (when `--backend` is auto), `VMM_HARNESS_KVM_DEVICE` and
+/// `VMM_HARNESS_NO_SYNC_REGS` (see `VMMHarness.BackendOptions(environment:)`).
+struct RunOptions: ParsableArguments {
     @Option(help: "Execution backend: auto (KVM if usable, else the interpreter), kvm or interpreter. Env: VMM_HARNESS_BACKEND.")
     var backend: BackendChoice = .auto
 
@@ -23,6 +26,24 @@ struct BackendOptions: ParsableArguments {
 
     func validate() throws {
         guard timeout > 0, timeout <= 86_400 else { throw ValidationError("--timeout must be between 0 and 86400 seconds") }
+    }
+
+    /// The backend options of this process's environment.
+    static var environmentBackendOptions: VMMHarness.BackendOptions {
+        VMMHarness.BackendOptions(environment: ProcessInfo.processInfo.environment)
+    }
+
+    /// Puts these options (and the environment's) into `config`.
+    func apply(to config: inout RunConfiguration) {
+        let environment = ProcessInfo.processInfo.environment
+        if backend == .auto, let chosen = BackendChoice.from(environment: environment) {
+            config.backend = chosen
+            config.backendChoiceSource = "VMM_HARNESS_BACKEND=\(chosen.rawValue)"
+        } else {
+            config.backend = backend
+        }
+        config.options.timeout = timeout
+        config.options.backend = VMMHarness.BackendOptions(environment: environment)
     }
 }
 
@@ -47,7 +68,7 @@ struct Run: ParsableCommand {
     @Argument(help: "The guest: a .S source or a flat binary.")
     var file: String
 
-    @OptionGroup var backendOptions: BackendOptions
+    @OptionGroup var runOptions: RunOptions
 
     @Flag(help: "Print the JSON report instead of the readable listing.")
     var json = false
@@ -66,8 +87,7 @@ struct Run: ParsableCommand {
         do { image = try GuestImage.load(path: file) } catch { fail(error.description, code: 1) }
         let scenario = Scenario(image: image)
         var config = RunConfiguration()
-        config.backend = backendOptions.backend
-        config.options.timeout = backendOptions.timeout
+        runOptions.apply(to: &config)
         config.strictRegisterRules = strict
         config.devices = devices
         let report: RunReport
@@ -89,7 +109,7 @@ struct Probe: ParsableCommand {
     var json = false
 
     func run() throws {
-        let result = KVMProbe.run()
+        let result = KVMProbe.run(devicePath: RunOptions.environmentBackendOptions.kvmDevicePath)
         if json {
             printJSON(result)
         } else {

@@ -71,6 +71,7 @@ extension TestSupport {
         var c = RunConfiguration()
         c.backend = backend == .kvm ? .kvm : .interpreter
         c.strictRegisterRules = strict
+        c.options.backend = backendOptions
         return try Harness.run(s, configuration: c, prepare: prepare)
     }
 
@@ -84,7 +85,7 @@ extension TestSupport {
                 try Test.cancel("this host's KVM cannot run \(missing.names.joined(separator: ", ")) (see vmm-harness probe)")
             }
         case .interpreter:
-            guard Harness.interpreterFactory != nil else { try Test.cancel("the interpreter is not built in") }
+            break   // the interpreter runs everywhere
         }
     }
 }

@@ -11,15 +11,19 @@ enum TestSupport {
         return url.path
     }()
 
+    /// The backend options of the test process's environment (`VMM_HARNESS_KVM_DEVICE`,
+    /// `VMM_HARNESS_NO_SYNC_REGS`): the library reads no environment itself.
+    static let backendOptions = BackendOptions(environment: ProcessInfo.processInfo.environment)
+
     /// Whether /dev/kvm really opens here (not just exists). Tests that need it are gated on this.
     static let kvmUsable: Bool = {
         if ProcessInfo.processInfo.environment["VMM_HARNESS_TEST_NO_KVM"] != nil { return false }
-        return (try? KVMSystem()) != nil
+        return (try? KVMSystem(path: backendOptions.kvmDevicePath)) != nil
     }()
 
     /// Why KVM tests are skipped, for the test's comment.
     static var kvmSkipReason: String {
-        HostDescription.current().kvmError ?? "KVM disabled by VMM_HARNESS_TEST_NO_KVM"
+        HostDescription.current(devicePath: backendOptions.kvmDevicePath).kvmError ?? "KVM disabled by VMM_HARNESS_TEST_NO_KVM"
     }
 
     static let toolchain: Toolchain? = try? Toolchain.find()
@@ -52,6 +56,7 @@ enum TestSupport {
                     handling: (any FaultHandling)? = nil) throws -> RunReport {
         var options = MachineOptions()
         options.timeout = timeout
+        options.backend = backendOptions
         let m = try Harness.makeMachine(image: image, choice: kind == .kvm ? .kvm : .interpreter, needs: needs,
                                         options: options, faultHandling: handling)
         return m.run()

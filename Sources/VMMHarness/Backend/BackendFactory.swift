@@ -2,9 +2,13 @@
 /// `BackendKind` and gets an `any ExecutionBackend`.
 public enum Backends {
     /// Makes a backend of `kind` over `memory`, starting from `initialState`. A KVM backend gets
-    /// the interpreter as its instruction assist.
+    /// `assist` (default: the interpreter) to finish what its emulator refuses and to deliver
+    /// interrupts through the guest's IDT.
     public static func make(_ kind: BackendKind, memory: GuestMemory, initialState: CPUState,
-                            options: BackendOptions = BackendOptions()) throws(HarnessError) -> any ExecutionBackend {
+                            options: BackendOptions = BackendOptions(),
+                            assist: (any InstructionAssist)? = Backends.interpreterAssist()) throws(HarnessError)
+        -> any ExecutionBackend
+    {
         switch kind {
         case .interpreter:
             return InterpreterBackend(memory: memory, state: initialState)
@@ -13,5 +17,10 @@ public enum Backends {
             try backend.writeState(initialState)
             return backend
         }
+    }
+
+    /// The interpreter as an instruction assist for KVM.
+    public static func interpreterAssist() -> any InstructionAssist {
+        InterpreterAssist()
     }
 }

@@ -20,7 +20,7 @@ public struct BenchRunner {
     public var kvmDevice: String
 
     public init(settings: BenchSettings = .standard, allocationCounter: (@Sendable () -> UInt64)? = nil,
-                progress: ((String) -> Void)? = nil, kvmDevice: String = HostDescription.current().kvmDevice) {
+                progress: ((String) -> Void)? = nil, kvmDevice: String = "/dev/kvm") {
         self.settings = settings
         self.allocationCounter = allocationCounter
         self.progress = progress
@@ -121,6 +121,7 @@ public struct BenchRunner {
 
     func options() -> MachineOptions {
         var o = MachineOptions()
+        o.backend.kvmDevicePath = kvmDevice
         o.timeout = 600
         o.maxRecordedFaults = 0
         o.recordFrames = false
@@ -241,12 +242,11 @@ public struct BenchRunner {
 
     /// The backend-only loop: run, take the stub's exit, read EIP and EFLAGS from the frame, advance
     /// EIP, pop the frame, resume (KVM: general registers only). INT n on a KVM host that cannot
-    /// emulate it goes through the machine's instruction assist. Returns the faults seen.
+    /// emulate it is finished inside the backend by its instruction assist. Returns the faults seen.
     static func driveBackend(_ machine: Machine, kind: BenchFaultKind, clock: RoundTripClock) throws(HarnessError) -> Int {
         let backend = machine.backend
         let memory = machine.memory
         let port = Ports.faultBase + UInt16(kind.vector)
-        let kvm = backend as? KVMBackend
         var faults = 0
         while true {
             switch try backend.run(instructionBudget: 1 << 20) {
@@ -260,21 +260,12 @@ public struct BenchRunner {
                     s.eflags = try memory.read32(esp &+ UInt32(ClientRegisters.Offset.eflags)) | EFlags.reserved1
                 } catch { throw .memory(error) }
                 s.esp &+= UInt32(ClientRegisters.stubFrameSize)
-                if let kvm { try kvm.writeGeneralRegisters(s) } else { try backend.writeState(s) }
+                // Only the general registers changed: the backend's fast path (KVM: one KVM_SET_REGS).
+                try backend.writeState(s)
             case .halt:
                 return faults
             case .interrupted:
                 continue
-            case let .internalError(suberror, _, bytes) where suberror == 1:
-                guard let assist = machine.assist else {
-                    throw .unsupported("KVM cannot emulate \(bytes.map { hex($0, width: 2, prefix: "") }.joined(separator: " ")) and there is no assist")
-                }
-                var s = try backend.readState()
-                switch assist.assist(state: &s, memory: memory) {
-                case .completed: try backend.writeState(s)
-                case let .exit(e): throw .unsupported("assist ended with \(e)")
-                case let .failed(why): throw .unsupported("assist failed: \(why)")
-                }
             case let other:
                 throw .guestProtocol("unexpected exit \(other) after \(faults) faults")
             }

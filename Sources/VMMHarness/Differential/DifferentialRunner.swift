@@ -69,26 +69,31 @@ public struct DifferentialMismatch: Sendable, CustomStringConvertible {
 public final class DifferentialRunner {
     /// Guest memory for every run: 4 MiB holds the runtime, the stacks and the program.
     public static let memorySize = 4 << 20
-    private var kvmBackend: KVMBackend?
+    private var kvmBackend: (any ExecutionBackend)?
     private var kvmMemory: GuestMemory?
     private let assist: RecordingAssist?
     /// How many times each instruction (first byte after prefixes, as hex) was finished by the
     /// instruction assist on KVM, over every run of this runner.
     public var assistedOpcodes: [String: Int] { assist?.counts ?? [:] }
-    private let host = HostDescription.current()
+    private let host: HostDescription
+    private let backendOptions: BackendOptions
 
     /// Creates a runner; `kvm` false runs only the interpreter.
-    public init(kvm: Bool) throws(HarnessError) {
+    public init(kvm: Bool, options: BackendOptions = BackendOptions()) throws(HarnessError) {
+        backendOptions = options
+        host = HostDescription.current(devicePath: options.kvmDevicePath)
+        let recording = RecordingAssist(Backends.interpreterAssist())
+        assist = recording
         if kvm {
             let memory = try GuestMemory(size: Self.memorySize)
             kvmMemory = memory
             do {
-                kvmBackend = try KVMBackend(memory: memory, devicePath: host.kvmDevice)
+                let initial = Machine.initialState(entry: MemoryMap.imageBase, layout: try RuntimeImage.layout())
+                kvmBackend = try Backends.make(.kvm, memory: memory, initialState: initial, options: options, assist: recording)
             } catch {
                 throw .unsupported("KVM backend: \(KVMDiagnosis.explain(error))")
             }
         }
-        assist = Harness.makeAssist().map(RecordingAssist.init)
     }
 
     /// The fault handling: skip the faulting instruction, resume traps as they are.
@@ -123,8 +128,8 @@ public final class DifferentialRunner {
             }
             machine = try Machine(image: image, memory: memory, backend: backend,
                                   backendReport: BackendReport(kind: .kvm, reason: "differential", host: host), options: options)
-            machine.assist = assist
         } else {
+            options.backend = backendOptions
             machine = try Harness.makeMachine(image: image, choice: .interpreter, options: options)
         }
         machine.faultHandling = Self.skipper(Array(image.bytes.prefix(GeneratedProgram.codeSize)))

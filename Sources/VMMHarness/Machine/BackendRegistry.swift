@@ -1,14 +1,3 @@
-/// How the machine reaches the interpreter: as a backend, and as the instruction assist for KVM.
-extension Harness {
-    static var interpreterFactory: InterpreterFactory? {
-        { memory, state in InterpreterBackend(memory: memory, state: state) }
-    }
-
-    static var assistFactory: (@Sendable () -> any InstructionAssist)? {
-        { InterpreterAssist() }
-    }
-}
-
 /// Finishes one instruction KVM's emulator refused (INT n, INT3, INTO, BOUND, IRET on PVM hosts):
 /// the interpreter runs exactly that instruction on the vCPU's state and guest memory, including
 /// delivering any exception it raises through the guest's IDT.

@@ -207,9 +207,23 @@ public protocol GuestFaultCallout: AnyObject {
     /// Default: calls `guestHookRelinked(handler:vector:newPrevious:)`.
     func guestHookRelinked(chain: FaultChainKind, handler: FaultHandlerAddress, vector: UInt8,
                            newPrevious: FaultHandlerAddress?)
+    /// Calls a guest procedure that is not a fault handler (a guest device's control procedure)
+    /// as `call entry`: EAX and EBX as given, ECX, EDX, ESI and EDI zero, IF and CF clear, on the
+    /// current stack. Returns the registers at its near RET. Default: unsupported.
+    func callGuestProcedure(_ entry: UInt32, eax: UInt32, ebx: UInt32, purpose: String) throws(HarnessError)
+        -> HandlerRegisters
+    /// A guest procedure called outside a fault failed (`message`): the run ends as a handler
+    /// error unless it has ended already. Default: nothing.
+    func guestProcedureFailed(_ message: String)
 }
 
 extension GuestFaultCallout {
+    public func callGuestProcedure(_ entry: UInt32, eax: UInt32, ebx: UInt32, purpose: String) throws(HarnessError)
+        -> HandlerRegisters
+    {
+        throw .unsupported("this guest callout runs no guest procedures (\(purpose))")
+    }
+    public func guestProcedureFailed(_ message: String) {}
     public func guestHookRelinked(handler: FaultHandlerAddress, vector: UInt8, newPrevious: FaultHandlerAddress?) {}
     public func guestHookRelinked(chain: FaultChainKind, handler: FaultHandlerAddress, vector: UInt8,
                                   newPrevious: FaultHandlerAddress?) {

@@ -42,48 +42,44 @@ public final class GuestDevice: VirtualDevice {
 
     public let ddb: DDB
     public let codeRange: Range<UInt32>?
-    weak var machine: Machine?
 
     public var name: String { ddb.name }
     public var deviceID: UInt16 { ddb.deviceID }
     public var initOrder: UInt32 { ddb.initOrder }
 
-    public init(ddb: DDB, codeRange: Range<UInt32>?, machine: Machine) {
+    public init(ddb: DDB, codeRange: Range<UInt32>?) {
         self.ddb = ddb
         self.codeRange = codeRange
-        self.machine = machine
     }
 
-    /// Finds the guest devices of the machine's image: every symbol `X_DDB` is a DDB. A device's
-    /// code range, for the fatal-exception report, is `[X_code_begin, X_code_end)` when the image
-    /// defines them (vmm.inc's `VxD_CODE_BEGIN`/`VxD_CODE_END`).
-    public static func discover(in machine: Machine) throws(HarnessError) -> [GuestDevice] {
+    /// Finds the guest devices of an image loaded in `memory`: every symbol `X_DDB` is a DDB. A
+    /// device's code range, for the fatal-exception report, is `[X_code_begin, X_code_end)` when
+    /// the image defines them (vmm.inc's `VxD_CODE_BEGIN`/`VxD_CODE_END`).
+    public static func discover(symbols: [String: UInt32], memory: GuestMemory) throws(HarnessError) -> [GuestDevice] {
         var out: [GuestDevice] = []
-        for (symbol, address) in machine.image.symbols.sorted(by: { $0.value < $1.value }) where symbol.hasSuffix("_DDB") {
-            let ddb = try DDB.read(at: address, memory: machine.memory)
+        for (symbol, address) in symbols.sorted(by: { $0.value < $1.value }) where symbol.hasSuffix("_DDB") {
+            let ddb = try DDB.read(at: address, memory: memory)
             let prefix = String(symbol.dropLast(4))
             var range: Range<UInt32>?
-            if let a = machine.image.symbols["\(prefix)_code_begin"], let b = machine.image.symbols["\(prefix)_code_end"], a < b {
+            if let a = symbols["\(prefix)_code_begin"], let b = symbols["\(prefix)_code_end"], a < b {
                 range = a..<b
             }
-            out.append(GuestDevice(ddb: ddb, codeRange: range, machine: machine))
+            out.append(GuestDevice(ddb: ddb, codeRange: range))
         }
         return out
     }
 
+    /// Sends `message` to the control procedure through the VMM's guest callout (the port the
+    /// VMM was given to run guest code): EAX = message, EBX = VM handle; CF set on return = failure.
     public func control(message: ControlMessage, vm: VMHandle, vmm: VirtualMachineManager) -> Bool {
-        guard let machine, ddb.controlProc != 0 else { return true }
+        guard ddb.controlProc != 0 else { return true }
+        guard let callout = vmm.guestCallout else { return false }
         do {
-            var s = try machine.backend.readState()
-            s.eax = UInt32(message.rawValue)
-            s.ebx = vm
-            s.ecx = 0; s.edx = 0; s.esi = 0; s.edi = 0
-            s.eflags = (s.eflags & ~(EFlags.if | EFlags.cf)) | EFlags.reserved1
-            let (_, end) = try machine.callGuest(ddb.controlProc, state: s, previous: nil,
-                                                 purpose: "\(ddb.name)'s control procedure (\(message))")
+            let end = try callout.callGuestProcedure(ddb.controlProc, eax: UInt32(message.rawValue), ebx: vm,
+                                                     purpose: "\(ddb.name)'s control procedure (\(message))")
             return end.eflags & EFlags.cf == 0
         } catch {
-            machine.noteGuestCallFailure("\(ddb.name): \(error)")
+            callout.guestProcedureFailed("\(ddb.name): \(error)")
             return false
         }
     }

@@ -6,6 +6,8 @@ public struct RunConfiguration: Sendable {
     public var strictRegisterRules = false
     /// Built-in sample devices to load (`SampleDevices.names`), besides the scenario's own.
     public var devices: [String] = []
+    /// Where `backend` came from, for the report's reason (nil: "--backend NAME").
+    public var backendChoiceSource: String?
     public init() {}
 }
 
@@ -24,10 +26,11 @@ extension Harness {
         config.vmmCodeRange = MemoryMap.runtimeBase..<MemoryMap.runtimeLimit
         let vmm = VirtualMachineManager(configuration: config)
         let machine = try makeMachine(image: scenario.image, choice: configuration.backend, needs: scenario.needs,
-                                      options: configuration.options, faultHandling: nil)
+                                      options: configuration.options, faultHandling: nil,
+                                      choiceSource: configuration.backendChoiceSource)
         let handling = VMMFaultHandling(vmm: vmm)
         handling.attach(to: machine)
-        for device in try GuestDevice.discover(in: machine) {
+        for device in try GuestDevice.discover(symbols: machine.image.symbols, memory: machine.memory) {
             do { try vmm.register(device) } catch { throw .invalidArgument("guest device \(device.name): \(error)") }
         }
         for name in configuration.devices + scenario.devices {
@@ -43,7 +46,8 @@ extension Harness {
         var report = machine.run()
         if machine.finished?.reason != .timeout { vmm.shutdown() }
         report.notes = machine.lateNotes
+        // Again after the shutdown messages, which the summary lists too.
         report.vmm = handling.summary
-        return report
+                return report
     }
 }

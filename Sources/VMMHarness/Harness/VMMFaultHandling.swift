@@ -19,7 +19,8 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         self.calloutPort = GuestCalloutPort(vmm: vmm)
     }
 
-    /// Connects the VMM to `machine`: faults, VMMcalls and guest handlers go through it.
+    /// Connects the VMM to `machine`: faults, VMMcalls and guest handlers go through it, and the
+    /// run's report gets the VMM's summary.
     public func attach(to machine: Machine) {
         self.machine = machine
         calloutPort.machine = machine
@@ -27,6 +28,9 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         vmm.guestCallout = calloutPort
         machine.faultHandling = self
         machine.interruptController = self
+        machine.reportContributor = { [weak self] report in
+            if let self { report.vmm = self.summary }
+        }
     }
 
     // MARK: InterruptController (the virtual PIC)
@@ -256,22 +260,43 @@ final class GuestCalloutPort: GuestFaultCallout {
         -> GuestFaultHandlerReturn
     {
         guard let machine else { throw .guestProtocol("no machine to run the guest handler") }
-        try machine.storeFrame(frame, at: call.frameAddress)
         var s = try machine.backend.readState()
+        try machine.frames.store(frame, at: call.frameAddress, pagingState: s)
         let r = call.registers
         s.eax = r.eax; s.ebx = r.ebx; s.ecx = r.ecx; s.edx = r.edx; s.esi = r.esi; s.edi = r.edi; s.ebp = r.ebp
         s.eflags = r.eflags & ~EFlags.if
         // The handler's stack lies below the frame and the segment slots the DDK puts under EBP.
-        let callSite = call.frameAddress &- 16
+        let callSite = call.frameAddress &- UInt32(ClientFrameLayout.bytesBelowFrame)
         s.esp = callSite
         // The name is only for error messages: built only when one is.
         let names = vmm.guestHandlerNames
         let (end, st) = try machine.callGuest(call.handler.rawValue, state: s, previous: call.previous?.rawValue,
                                               purpose: "fault handler \(names[call.handler] ?? "guest handler \(call.handler)")")
-        frame = try machine.loadFrame(at: call.frameAddress, template: frame)
+        // The handler may have changed the paging state; the frame is found through the one it left.
+        frame = try machine.frames.load(at: call.frameAddress, template: frame, pagingState: st)
         var out = HandlerRegisters(st)
         // Report ESP relative to what the VMM handed over, so the register rules compare like with like.
         out.esp = r.esp &+ (st.esp &- callSite)
         return GuestFaultHandlerReturn(disposition: end == .returned ? .processed : .passedOn, registers: out)
+    }
+
+    /// Runs a guest device's control procedure (or any guest procedure outside a fault) on the
+    /// current stack through the machine's run loop.
+    func callGuestProcedure(_ entry: UInt32, eax: UInt32, ebx: UInt32, purpose: String) throws(HarnessError)
+        -> HandlerRegisters
+    {
+        guard let machine else { throw .guestProtocol("no machine to run \(purpose)") }
+        var s = try machine.backend.readState()
+        s.eax = eax
+        s.ebx = ebx
+        s.ecx = 0; s.edx = 0; s.esi = 0; s.edi = 0
+        s.eflags = (s.eflags & ~(EFlags.if | EFlags.cf)) | EFlags.reserved1
+        let (_, end) = try machine.callGuest(entry, state: s, previous: nil, purpose: purpose)
+        return HandlerRegisters(end)
+    }
+
+    /// Ends the run as a handler error (during boot or shutdown), or notes the failure.
+    func guestProcedureFailed(_ message: String) {
+        machine?.noteGuestCallFailure(message)
     }
 }

@@ -1,15 +1,15 @@
 import Foundation
 
-/// Which backend the user asked for (`--backend`, or the environment variable `VMM_HARNESS_BACKEND`).
+/// Which backend the user asked for (`--backend`; the CLI also reads `VMM_HARNESS_BACKEND`).
 public enum BackendChoice: String, Sendable, CaseIterable, Codable {
     /// KVM when the device really opens and the host can run what the image needs, else the interpreter.
     case auto
     case kvm
     case interpreter
 
-    /// The choice from `VMM_HARNESS_BACKEND`, if set to a valid value.
-    public static var fromEnvironment: BackendChoice? {
-        ProcessInfo.processInfo.environment["VMM_HARNESS_BACKEND"].flatMap { BackendChoice(rawValue: $0.lowercased()) }
+    /// The choice in `environment["VMM_HARNESS_BACKEND"]`, if set to a valid value (for the CLI).
+    public static func from(environment: [String: String]) -> BackendChoice? {
+        environment["VMM_HARNESS_BACKEND"].flatMap { BackendChoice(rawValue: $0.lowercased()) }
     }
 }
 
@@ -40,49 +40,52 @@ public struct GuestNeeds: OptionSet, Sendable, Hashable {
     }
 }
 
-/// Builds the interpreter backend; set by the interpreter module at start-up (see `Harness`).
-public typealias InterpreterFactory = @Sendable (GuestMemory, CPUState) -> any ExecutionBackend
-
 /// Creates machines on the backend the user chose, with the reason for the choice.
 public enum Harness {
     /// Makes a machine for `image`. `auto` prefers KVM; it falls back to the interpreter when the
     /// KVM device does not open or the host's KVM cannot run what `needs` lists (this project's
     /// PVM hosts cannot run paging or V86), and says why in `backendReport.reason`.
-    public static func makeMachine(image: GuestImage, choice requested: BackendChoice = .auto, needs: GuestNeeds = [],
+    /// `choiceSource` says where the choice came from, for the report (default: the option).
+    public static func makeMachine(image: GuestImage, choice: BackendChoice = .auto, needs: GuestNeeds = [],
                                    options: MachineOptions = MachineOptions(),
-                                   faultHandling: (any FaultHandling)? = nil) throws(HarnessError) -> Machine {
-        let choice = requested == .auto ? (BackendChoice.fromEnvironment ?? .auto) : requested
-        let host = HostDescription.current()
+                                   faultHandling: (any FaultHandling)? = nil,
+                                   choiceSource: String? = nil) throws(HarnessError) -> Machine {
+        try options.validate()
+        let devicePath = options.backend.kvmDevicePath
+        let host = HostDescription.current(devicePath: devicePath)
         let memory = try GuestMemory(size: options.memorySize)
         let initial = Machine.initialState(entry: image.entry, layout: try RuntimeImage.layout())
+        func make(_ kind: BackendKind) throws(HarnessError) -> any ExecutionBackend {
+            try Backends.make(kind, memory: memory, initialState: initial, options: options.backend)
+        }
         var backend: any ExecutionBackend
         var reason: String
         switch choice {
         case .interpreter:
-            backend = try makeInterpreter(memory, initial)
-            reason = requested == .auto ? "VMM_HARNESS_BACKEND=interpreter" : "--backend interpreter"
+            backend = try make(.interpreter)
+            reason = choiceSource ?? "--backend interpreter"
         case .kvm:
             let missing = unsupportedNeeds(needs, host: host)
             guard missing.isEmpty else {
                 throw .unsupported("this host's KVM (\(host.kvmFlavour)) cannot run \(missing.names.joined(separator: ", ")); use --backend interpreter")
             }
             do {
-                backend = try KVMBackend(memory: memory, devicePath: host.kvmDevice)
+                backend = try make(.kvm)
             } catch {
                 throw .unsupported("KVM backend: \(KVMDiagnosis.explain(error))")
             }
-            reason = requested == .auto ? "VMM_HARNESS_BACKEND=kvm" : "--backend kvm"
+            reason = choiceSource ?? "--backend kvm"
         case .auto:
             let missing = unsupportedNeeds(needs, host: host)
             if !missing.isEmpty {
-                backend = try makeInterpreter(memory, initial)
+                backend = try make(.interpreter)
                 reason = "auto: the image needs \(missing.names.joined(separator: ", ")), which this host's KVM (\(host.kvmFlavour)) cannot run (probed)"
             } else {
                 do {
-                    backend = try KVMBackend(memory: memory, devicePath: host.kvmDevice)
-                    reason = "auto: \(host.kvmDevice) opened (KVM flavour \(host.kvmFlavour))"
+                    backend = try make(.kvm)
+                    reason = "auto: \(devicePath) opened (KVM flavour \(host.kvmFlavour))"
                 } catch {
-                    backend = try makeInterpreter(memory, initial)
+                    backend = try make(.interpreter)
                     reason = "auto: \(KVMDiagnosis.explain(error)); using the interpreter"
                 }
             }
@@ -91,7 +94,6 @@ public enum Harness {
                                   backendReport: BackendReport(kind: backend.kind, reason: reason, host: host),
                                   options: options)
         machine.faultHandling = faultHandling
-        if backend.kind == .kvm { machine.assist = makeAssist() }
         return machine
     }
 
@@ -104,11 +106,4 @@ public enum Harness {
         }
         return missing
     }
-
-    static func makeInterpreter(_ memory: GuestMemory, _ state: CPUState) throws(HarnessError) -> any ExecutionBackend {
-        guard let f = interpreterFactory else { throw .unsupported("the interpreter backend is not built in") }
-        return f(memory, state)
-    }
-
-    static func makeAssist() -> (any InstructionAssist)? { assistFactory?() }
 }

@@ -1,17 +1,3 @@
-/// A fault or interrupt the guest's IDT stub handed to the host: the frame it built and where.
-public struct FaultEvent: Sendable {
-    /// Interrupt number 00h–4Fh.
-    public var vector: UInt8
-    /// The full frame (`Client_Reg_Struc`) as the host completed it.
-    public var frame: ClientRegisters
-    /// Guest address of the frame (what EBP points at for guest fault handlers).
-    public var frameAddress: UInt32
-    /// Privilege level the fault came from (CS.RPL of the interrupted code).
-    public var ring: UInt8
-    /// The vCPU state at the stub's exit (inside the stub, ring 0).
-    public var stubState: CPUState
-}
-
 /// What the host's fault handling decided.
 public enum FaultResolution: Sendable, Equatable {
     /// Resume the guest from the (possibly changed) frame.
