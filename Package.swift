@@ -20,25 +20,33 @@ let package = Package(
         // A malloc/free interposer that counts allocations; linked into the vmm-harness executable
         // only, so the library and its tests keep the system allocator untouched.
         .target(name: "CMallocCounter", path: "Sources/CMallocCounter"),
+        // The harness: backends, machine, devices, VMM. The library product.
+        .target(name: "VMMHarness", dependencies: ["CKVM"]),
+        // The fault-latency benchmark (`vmm-harness bench`): rows, HdrHistogram percentiles, the C
+        // floor, the table, JSON and chart. Not part of the library product.
         .target(
-            name: "VMMHarness",
+            name: "VMMHarnessBench",
             dependencies: [
-                "CKVM",
+                "VMMHarness",
                 "CFaultFloor",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // The random-program generator and the KVM-vs-interpreter comparison.
+        .target(name: "VMMHarnessDifferential", dependencies: ["VMMHarness"]),
         .executableTarget(
             name: "vmm-harness",
             dependencies: [
                 "VMMHarness",
+                "VMMHarnessBench",
                 "CMallocCounter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The README's example program, built with the package so it cannot rot.
         .executableTarget(name: "readme-example", dependencies: ["VMMHarness"], path: "Examples/ReadmeExample"),
-        .testTarget(name: "VMMHarnessTests", dependencies: ["VMMHarness", "CKVM"]),
+        .testTarget(name: "VMMHarnessTests",
+                    dependencies: ["VMMHarness", "VMMHarnessBench", "VMMHarnessDifferential", "CKVM"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -2,6 +2,7 @@ import ArgumentParser
 import CMallocCounter
 import Foundation
 import VMMHarness
+import VMMHarnessBench
 
 extension BackendKind: ExpressibleByArgument {}
 extension BenchFaultKind: ExpressibleByArgument {}

@@ -4,6 +4,7 @@ import FoundationXML
 #endif
 import Testing
 @testable import VMMHarness
+@testable import VMMHarnessBench
 
 /// The benchmark's machinery: percentiles, the chart, the guest loops, a tiny run. Never asserts on
 /// how long anything took (benchmarks are not tests).

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import VMMHarness
+@testable import VMMHarnessDifferential
 
 /// Differential testing with generated programs: the generator's own properties, the interpreter
 /// alone on many programs, and KVM against the interpreter.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import VMMHarness
+@testable import VMMHarnessDifferential
 
 /// The same scenario on KVM and on the interpreter gives the same faults (vector, error code,
 /// CS:EIP, EFLAGS, the whole frame), the same dispatch traces and the same final registers.

@@ -1,5 +1,7 @@
 import Testing
 @testable import VMMHarness
+@testable import VMMHarnessDifferential
+@testable import VMMHarnessBench
 
 /// The run loop's fast path (`InterpreterFastPath.swift`) against the general path: `step()` never
 /// takes the fast path, `run(budget:)` does, so both must end in the same state.

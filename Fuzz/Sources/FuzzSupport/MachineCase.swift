@@ -43,6 +43,8 @@ public enum MachineCase {
         var options = MachineOptions()
         options.memorySize = memorySize
         options.sliceInstructions = slice
+        // Never /dev/kvm here: the interpreter is asked for, and the host description must not open it either.
+        options.backend.kvmDevicePath = "/nonexistent/kvm"
         // The VMM may call guest code (guest handlers, control procedures); its loops are bounded
         // only by the run's timeout, as in real runs. The closure path is bounded by the slices.
         options.timeout = flags & 1 != 0 ? 2 : nil

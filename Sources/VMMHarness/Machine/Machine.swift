@@ -180,9 +180,9 @@ public final class Machine {
     }
 
     /// The run loop: runs the backend, turns each exit into an action (`ExitHandling`) and
-    /// carries it out, until `goal`. For `.runEnds` it returns nil once the run has finished. For
-    /// `.procedureEnds` it returns how the procedure ended and the state there (EIP at the
-    /// return address or at `previous`, ESP as after the return); anything that ends the
+    /// carries it out (`perform`), until `goal`. For `.runEnds` it returns nil once the run has
+    /// finished. For `.procedureEnds` it returns how the procedure ended and the state there (EIP
+    /// at the return address or at `previous`, ESP as after the return); anything that ends the
     /// procedure otherwise — a fault other than a VMMcall, HLT, the run's end, a jump elsewhere
     /// into the host area — throws, naming `purpose`.
     public func run(until goal: RunGoal, purpose makePurpose: @autoclosure () -> String = "the guest")
@@ -191,84 +191,113 @@ public final class Machine {
         // Built only for an error message: this is on every guest handler's path.
         var purpose: String { makePurpose() }
         let inCall: Bool
-        let previous: UInt32?
         switch goal {
-        case .runEnds: inCall = false; previous = nil
-        case let .procedureEnds(p): inCall = true; previous = p
+        case .runEnds: inCall = false
+        case .procedureEnds: inCall = true
         }
         // A procedure called after the run ended (the VMM's shutdown messages) still runs; only
         // what ends it during the call counts.
         let endedBefore = finished != nil
-        func endedNow() -> (reason: ExitReason, message: String)? { endedBefore ? nil : finished }
-        func failCall(_ message: String) throws(HarnessError) -> Never { throw .guestProtocol("\(purpose): \(message)") }
-
         while true {
             if !inCall, finished != nil { return nil }
             guard let exit = runOnce(inCall: inCall) else {
-                if inCall { try failCall(finished?.message ?? "stopped") }
+                if inCall { throw .guestProtocol("\(purpose): \(finished?.message ?? "stopped")") }
                 return nil
             }
             if inCall, let deadline = callDeadline, DispatchTime.now().uptimeNanoseconds >= deadline {
                 throw .guestProtocol("\(purpose) did not return within \(options.timeout ?? 10) s")
             }
-            switch ExitHandling.action(for: exit, bus: bus) {
-            case .resume:
-                break
-            case let .answerPortIn(value):
-                do { try backend.completePortIn(value: value) } catch {
-                    if inCall { throw error }
-                    finish(.backendError, error.description)
-                }
-            case let .dispatchFault(vector):
-                if inCall && vector != 0x20 {
-                    let at = (try? frames.readFault(vector: vector, stubState: backend.readState()))
-                        .map { " at \(hex($0.frame.cs, width: 4, prefix: "")):\(hex($0.frame.eip, prefix: ""))" } ?? ""
-                    throw .guestProtocol("\(ExceptionNames.name(vector)) inside \(purpose)\(at)")
-                }
-                handleFault(vector: vector)   // a VMMcall from a called procedure is served too
-            case .runtimeCall:
-                handleRuntimeCall()
-            case let .hostAreaReached(port):
-                let st = try backend.readState()
-                let address = st.eip &- 2
-                guard inCall else {
-                    finish(.invalidResume, "the guest reached the host address \(hex(address)) outside a call from the host")
-                    break
-                }
-                if port == Ports.guestCallReturn {
-                    guard address == MemoryMap.guestCallReturn else { break }
-                    var s = st
-                    s.eip = MemoryMap.guestCallReturn
-                    return (.returned, s)
-                }
-                guard let previous, address == previous else {
-                    try failCall("jumped to the host handler at \(hex(address)), which is not its previous handler")
-                }
-                var s = st
-                s.eip = address
-                s.esp &+= 4   // the return address of the call is still on the stack
-                return (.reachedPrevious, s)
-            case let .breakpoint(address):
-                guard inCall else {
-                    finish(.backendError, "unexpected breakpoint at \(hex(address))")
-                    break
-                }
-                guard let previous, address == previous else { try failCall("unexpected breakpoint at \(hex(address))") }
-                var s = try backend.readState()
-                s.esp &+= 4
-                return (.reachedPrevious, s)
-            case let .unclaimedMMIO(address, isWrite, length):
-                let at = (try? backend.readState()).map { " at EIP \(hex($0.eip))" } ?? ""
-                finish(.mmio, "the guest \(isWrite ? "wrote" : "read") \(length) byte(s) at guest-physical \(hex(address, width: 8)), where there is no memory\(at)")
-            case let .finish(reason, message):
-                if inCall && reason == .halt { throw .guestProtocol("\(purpose) executed HLT") }
-                finish(reason, message)
+            if let end = try perform(ExitHandling.action(for: exit, bus: bus), goal: goal, purpose: purpose) {
+                return end
             }
             if inCall {
-                if let f = endedNow() { try failCall(f.message) }
+                if !endedBefore, let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
             } else if finished == nil, interruptController?.pendingVector != nil {
                 deliverPendingInterrupt()
             }
+        }
+    }
+
+    /// Carries out one exit outside any guest call, as the top-level run does (for callers that
+    /// drive the backend themselves, e.g. a fuzzer with its own budget).
+    public func handle(_ exit: GuestExit) {
+        do {
+            _ = try perform(ExitHandling.action(for: exit, bus: bus), goal: .runEnds, purpose: "the guest")
+        } catch {
+            finish(.backendError, error.description)
+        }
+        if finished == nil, interruptController?.pendingVector != nil { deliverPendingInterrupt() }
+    }
+
+    /// Carries out `action` for `goal`: the end of the called procedure when it ended, else nil.
+    func perform(_ action: ExitAction, goal: RunGoal, purpose: @autoclosure () -> String)
+        throws(HarnessError) -> (end: GuestCallEnd, state: CPUState)?
+    {
+        let inCall: Bool
+        let previous: UInt32?
+        switch goal {
+        case .runEnds: inCall = false; previous = nil
+        case let .procedureEnds(p): inCall = true; previous = p
+        }
+        switch action {
+        case .resume:
+            return nil
+        case let .answerPortIn(value):
+            do { try backend.completePortIn(value: value) } catch {
+                if inCall { throw error }
+                finish(.backendError, error.description)
+            }
+            return nil
+        case let .dispatchFault(vector):
+            if inCall && vector != 0x20 {
+                let at = (try? frames.readFault(vector: vector, stubState: backend.readState()))
+                    .map { " at \(hex($0.frame.cs, width: 4, prefix: "")):\(hex($0.frame.eip, prefix: ""))" } ?? ""
+                throw .guestProtocol("\(ExceptionNames.name(vector)) inside \(purpose())\(at)")
+            }
+            handleFault(vector: vector)   // a VMMcall from a called procedure is served too
+            return nil
+        case .runtimeCall:
+            handleRuntimeCall()
+            return nil
+        case let .hostAreaReached(port):
+            let st = try backend.readState()
+            let address = st.eip &- 2
+            guard inCall else {
+                finish(.invalidResume, "the guest reached the host address \(hex(address)) outside a call from the host")
+                return nil
+            }
+            if port == Ports.guestCallReturn {
+                guard address == MemoryMap.guestCallReturn else { return nil }
+                var s = st
+                s.eip = MemoryMap.guestCallReturn
+                return (.returned, s)
+            }
+            guard let previous, address == previous else {
+                throw .guestProtocol("\(purpose()) jumped to the host handler at \(hex(address)), which is not its previous handler")
+            }
+            var s = st
+            s.eip = address
+            s.esp &+= 4   // the return address of the call is still on the stack
+            return (.reachedPrevious, s)
+        case let .breakpoint(address):
+            guard inCall else {
+                finish(.backendError, "unexpected breakpoint at \(hex(address))")
+                return nil
+            }
+            guard let previous, address == previous else {
+                throw .guestProtocol("\(purpose()): unexpected breakpoint at \(hex(address))")
+            }
+            var s = try backend.readState()
+            s.esp &+= 4
+            return (.reachedPrevious, s)
+        case let .unclaimedMMIO(address, isWrite, length):
+            let at = (try? backend.readState()).map { " at EIP \(hex($0.eip))" } ?? ""
+            finish(.mmio, "the guest \(isWrite ? "wrote" : "read") \(length) byte(s) at guest-physical \(hex(address, width: 8)), where there is no memory\(at)")
+            return nil
+        case let .finish(reason, message):
+            if inCall && reason == .halt { throw .guestProtocol("\(purpose()) executed HLT") }
+            finish(reason, message)
+            return nil
         }
     }
 

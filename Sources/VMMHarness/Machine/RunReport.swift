@@ -125,4 +125,7 @@ public struct BackendReport: Sendable, Codable, Equatable {
     /// Why this backend was chosen (e.g. "auto: /dev/kvm opened" or "auto: /dev/kvm: ENOENT").
     public var reason: String
     public var host: HostDescription
+    public init(kind: BackendKind, reason: String, host: HostDescription) {
+        self.kind = kind; self.reason = reason; self.host = host
+    }
 }

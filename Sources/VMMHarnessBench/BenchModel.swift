@@ -1,3 +1,4 @@
+import VMMHarness
 import Foundation
 import Histogram
 

@@ -1,3 +1,4 @@
+import VMMHarness
 import Foundation
 
 /// Draws the benchmark's chart as a self-contained SVG (no dependencies, opens in any browser):

@@ -1,3 +1,4 @@
+import VMMHarness
 import Foundation
 
 /// Formats benchmark results: the readable table, the targets, and merging a peer's JSON.

@@ -1,3 +1,4 @@
+import VMMHarness
 import Foundation
 
 /// What one backend made of one generated program: how it ended, every fault, the final

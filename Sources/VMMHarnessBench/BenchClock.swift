@@ -1,3 +1,4 @@
+import VMMHarness
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,3 +1,4 @@
+import VMMHarness
 /// The guest programs the benchmark runs, as machine code (no assembler needed, so they run
 /// wherever the harness builds). Each is loaded at `MemoryMap.imageBase` and starts at ring 0 with
 /// the runtime's flat segments, as every image does.

@@ -1,3 +1,4 @@
+import VMMHarness
 /// Seeded random x86 programs for differential testing of the two backends.
 ///
 /// Every program is a list of instructions encoded directly as bytes, each with a short

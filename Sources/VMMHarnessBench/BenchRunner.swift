@@ -1,3 +1,4 @@
+import VMMHarness
 import CFaultFloor
 import Foundation
 
