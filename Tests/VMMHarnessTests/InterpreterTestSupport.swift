@@ -1,7 +1,7 @@
 @testable import VMMHarness
 
 /// A small protected-mode test machine with the runtime's GDT layout:
-/// 08h TSS, 10h not-present data, 1Bh ring-3 code, 23h ring-3 data, 28h ring-0 code, 30h ring-0 data.
+/// 08h TSS (no I/O bitmap), 10h not-present data, 1Bh ring-3 code, 23h ring-3 data, 28h ring-0 code, 30h ring-0 data.
 /// Every IDT vector v < 50h is an interrupt gate (DPL 3 for 30h and 3, DPL 0 otherwise) to a stub
 /// `out (80h + v), al` so a delivered exception stops with `.portOut(port: 80h + v)`.
 struct TestMachine {
@@ -31,6 +31,8 @@ struct TestMachine {
         try memory.write64(TestMachine.gdt + 0x30, seg(0x3, dpl: 0))
         try memory.write32(TestMachine.tss + 4, TestMachine.ring0FaultStack)
         try memory.write32(TestMachine.tss + 8, 0x30)
+        // I/O map base = limit + 1: no I/O permission bitmap, as in the runtime's TSS.
+        try memory.write16(TestMachine.tss + 0x66, 0x68)
         for v in UInt32(0)..<0x50 {
             let stub = TestMachine.stubs + v * 16
             try memory.writeBytes(stub, [0xE6, UInt8(0x80 + v), 0xF4])

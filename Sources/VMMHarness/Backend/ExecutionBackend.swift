@@ -88,11 +88,29 @@ public struct VCPUSnapshot: Equatable, Sendable {
     public var nmiPending: Bool
     /// Backend-neutral names of what else was captured (e.g. "fpu").
     public var capturedParts: [String]
-    public init(cpu: CPUState, interruptShadow: Bool = false, nmiPending: Bool = false, capturedParts: [String] = []) {
+    /// The x87 control and status words, when the backend captured them (nil: not captured; a
+    /// restore then leaves the target's words as they are).
+    public var x87: X87ControlWords?
+    public init(cpu: CPUState, interruptShadow: Bool = false, nmiPending: Bool = false, capturedParts: [String] = [],
+                x87: X87ControlWords? = nil) {
         self.cpu = cpu
         self.interruptShadow = interruptShadow
         self.nmiPending = nmiPending
         self.capturedParts = capturedParts
+        self.x87 = x87
+    }
+}
+
+/// The x87 FPU's control word (FCW) and status word (FSW), the part of the FPU state a snapshot
+/// carries.
+public struct X87ControlWords: Equatable, Sendable {
+    /// FCW (037Fh after FNINIT).
+    public var control: UInt16
+    /// FSW (0 after FNINIT).
+    public var status: UInt16
+    public init(control: UInt16 = 0x37F, status: UInt16 = 0) {
+        self.control = control
+        self.status = status
     }
 }
 

@@ -106,9 +106,11 @@ struct TLBEntry {
 ///   on demand.
 /// - CPUID reports vendor "VMMHarnessCPU" with family 5 (a plain 32-bit CPU: FPU absent, TSC,
 ///   CX8, PSE). RDTSC returns a deterministic counter: the retired instruction count.
-/// - IN/OUT in protected mode check only CPL <= IOPL (the TSS I/O permission bitmap is not
-///   consulted when CPL > IOPL: #GP(0)); in V86 mode they consult only the bitmap, as hardware
-///   does. INS/OUTS raise #UD (in V86 mode after the bitmap check, so a denied port is #GP(0)).
+/// - IN/OUT/INS/OUTS (SDM vol. 1, 19.5): in protected mode CPL <= IOPL allows every port and
+///   CPL > IOPL consults the TSS I/O permission bitmap; in V86 mode only the bitmap counts, as on
+///   hardware. Every port access is one stop for the host: string I/O
+///   (`InterpreterStringIO.swift`) stops once per element, with REP restarting the instruction
+///   until (E)CX = 0.
 /// - x87: with CR0.EM or CR0.TS set every D8–DF opcode raises #NM; otherwise FNINIT, FNSTSW,
 ///   FNSTCW and FWAIT work on a minimal state and the rest raise #UD. MMX/SSE opcodes raise #NM
 ///   with CR0.TS, otherwise #UD. Task gates, task switches and 16-bit gates are not supported
@@ -118,20 +120,24 @@ struct TLBEntry {
 ///   caches are then rebuilt from the selectors: base = selector << 4, limit FFFFh, DPL 3 data).
 ///   CPL 3, 16-bit defaults (66h/67h select 32-bit), real-mode style segment loads, offsets beyond
 ///   FFFFh fault (#GP(0), #SS(0) for SS). CLI/STI/PUSHF/POPF/INT n/IRET raise #GP(0) when
-///   IOPL < 3; IN/OUT use the TSS I/O bitmap. Interrupts and exceptions leave V86 mode through
-///   32-bit gates to a non-conforming ring-0 segment (else #GP(selector)) with the GS, FS, DS, ES
-///   frame of 6.12.1. Not supported: the virtual-mode extensions (CR4.VME/PVI are ignored: VIF,
+///   IOPL < 3; IN/OUT/INS/OUTS use the TSS I/O bitmap. Interrupts and exceptions leave V86 mode
+///   through 32-bit gates to a non-conforming ring-0 segment (else #GP(selector)) with the GS,
+///   FS, DS, ES frame of 6.12.1. Not supported: the virtual-mode extensions (CR4.VME/PVI are ignored: VIF,
 ///   VIP and the interrupt redirection bitmap have no effect), task gates from V86 mode, and
 ///   real-address mode (there is no A20 wrap: FFFF:0010 is linear 10_0000h, as in V86 mode).
 /// - External interrupts are delivered when `deliverExternalInterrupt` is called; the caller
-///   decides whether IF allows it.
+///   decides whether IF and the interrupt shadow allow it (`InterpreterBackend` checks both).
 /// - Page-table entries outside guest memory read as zero (not present). PAE is not implemented:
 ///   setting CR4.PAE is #GP(0). Real mode is not supported: clearing CR0.PE is #GP(0).
 /// - Faults undo the instruction's register effects (EIP back at it, ESP unchanged); a
 ///   read-modify-write checks the write before it reads. REP string instructions commit per
-///   iteration (restartable) and yield every 1024 iterations with EIP still at them.
-/// - The STI/MOV SS interrupt shadow is reported by `interruptsInhibited`. Not modelled: RF, debug-register breakpoints, the TSS I/O
-///   bitmap, call gates (far CALL/JMP through a gate is #GP(selector)), hardware task switching.
+///   iteration (restartable) and yield every 1024 iterations with EIP still at them (INS/OUTS
+///   stop at every element).
+/// - The STI / MOV SS / POP SS interrupt shadow is reported by `interruptsInhibited` (a host
+///   write of a different `state` ends it; see `state`).
+/// - Not modelled: RF, debug-register breakpoints, call gates (far CALL/JMP through a gate is
+///   #GP(selector)), hardware task switching, NMI blocking until IRET, and the EFLAGS.TF
+///   single-step trap after IN/INS (they complete in `completePortIn`, which raises no #DB).
 /// - Self-modifying code is always seen: every decode-cache hit compares the cached bytes with
 ///   memory, so writes by the guest or by the host are both picked up.
 public final class Interpreter {
@@ -183,7 +189,8 @@ public final class Interpreter {
     var startEIP: UInt32 = 0
     var pendingStop: InterpreterStop? = nil
     var suppressSingleStep = false
-    var pendingIn: (size: UInt8, next: UInt32)? = nil
+    /// The IN or INS element waiting for `completePortIn` (cleared by setting `state`).
+    var pendingIn: PendingIn? = nil
     // Minimal x87 state for FNINIT/FNSTSW/FNSTCW.
     var fpuStatus: UInt16 = 0
     var fpuControl: UInt16 = 0x37F
@@ -195,8 +202,17 @@ public final class Interpreter {
     var shadowEnd: UInt64 = 0
 
     /// Whether external interrupts are inhibited right now by the STI / MOV SS / POP SS shadow
-    /// (SDM vol. 3A, 6.8.3). A virtual PIC should not call `deliverExternalInterrupt` while true.
-    public var interruptsInhibited: Bool { instructionsExecuted < shadowEnd }
+    /// (SDM vol. 3A, 6.8.3): the instruction after them has not completed yet. A virtual PIC
+    /// should not call `deliverExternalInterrupt` while true.
+    ///
+    /// The shadow ends when the next instruction completes, when an interrupt or exception is
+    /// delivered, and when the host sets `state` to anything other than the state the
+    /// interpreter holds. Setting this property is for restoring a captured vCPU (set it after
+    /// `state`): true inhibits interrupts until the next instruction completes.
+    public var interruptsInhibited: Bool {
+        get { instructionsExecuted < shadowEnd }
+        set { shadowEnd = newValue ? instructionsExecuted &+ 1 : instructionsExecuted }
+    }
 
     /// Creates an interpreter over `memory` starting from `state`.
     public init(memory: GuestMemory, state: CPUState) {
@@ -227,7 +243,14 @@ public final class Interpreter {
         tlb.deallocate()
     }
 
-    /// The full architectural state. Setting it flushes the TLB and recomputes derived caches.
+    /// The full architectural state. Setting it flushes the TLB, recomputes derived caches and
+    /// drops a pending IN/INS (its instruction runs again from the new state).
+    ///
+    /// The interrupt shadow (`interruptsInhibited`) is not part of `CPUState`. Setting a state
+    /// that differs from the current one ends it: the shadow belongs to the instruction the
+    /// interpreter last completed, and a host write (a fault resumed from its frame, another
+    /// context) starts from a new point. Writing back exactly the state read keeps it, since the
+    /// instruction it covers is still the next one. A restore sets `interruptsInhibited` after.
     public var state: CPUState {
         get {
             var s = sys
@@ -239,6 +262,8 @@ public final class Interpreter {
             return s
         }
         set {
+            // Compared only while a shadow is active (rare): the usual write costs nothing more.
+            if shadowEnd > instructionsExecuted && newValue != state { shadowEnd = instructionsExecuted }
             let wasV86 = v86
             sys = newValue
             r[0] = newValue.eax; r[1] = newValue.ecx; r[2] = newValue.edx; r[3] = newValue.ebx
@@ -397,19 +422,35 @@ public final class Interpreter {
         return deliverException(X86Exception(vector: 1))
     }
 
-    /// Supplies the value for the pending IN: writes AL/AX/EAX and completes the instruction.
+    /// Supplies the value for the pending IN or INS element (after a `.portIn` stop): IN writes
+    /// AL/AX/EAX; INS stores it at the ES:(E)DI checked when the element started, advances (E)DI
+    /// and, under REP, decrements (E)CX (EIP stays at the instruction while elements are left).
+    /// Completes the instruction (or the element). Does nothing when no IN is pending.
     public func completePortIn(value: UInt32) {
         guard let p = pendingIn else { return }
-        setReg(p.size, 0, value)
-        eip = p.next
         pendingIn = nil
+        if p.string {
+            completeInString(p, value)
+        } else {
+            setReg(p.size, 0, value)
+            eip = p.next
+        }
         instructionsExecuted &+= 1
     }
 
+    /// Whether an IN or INS element is waiting for `completePortIn`.
+    public var portInPending: Bool { pendingIn != nil }
+
     /// Delivers a hardware interrupt (or NMI, vector 2) through the IDT as the CPU does between
     /// instructions: no error code, EXT set in error codes of faults raised while delivering it.
-    /// The caller decides whether EFLAGS.IF allows it.
+    /// The caller decides whether EFLAGS.IF and the interrupt shadow allow it (the backend's
+    /// `deliverExternalInterrupt` checks both). A delivered interrupt ends the shadow and drops a
+    /// pending IN/INS (the instruction runs again after the handler returns). Returns nil when
+    /// the handler is entered, else the stop delivery ended with (a triple fault's shutdown, or
+    /// an access outside guest memory).
     public func deliverExternalInterrupt(vector: UInt8) -> InterpreterStop? {
+        pendingIn = nil
+        shadowEnd = instructionsExecuted
         do throws(Fault) {
             try deliver(vector: vector, errorCode: nil, software: false, external: true, returnEIP: eip)
             return nil
@@ -519,6 +560,9 @@ public final class Interpreter {
     /// Delivers a fault/trap raised by an instruction (EIP already set to the right return
     /// address), applying the double-fault and triple-fault rules (SDM vol. 3A, 6.15, table 6-5).
     func deliverException(_ first: X86Exception) -> InterpreterStop? {
+        // Delivering an event ends the STI / MOV SS shadow (the faulting instruction did not
+        // complete, so the handler's first instruction would otherwise be covered).
+        shadowEnd = instructionsExecuted
         var x = first
         var chain: [X86Exception] = []
         while true {

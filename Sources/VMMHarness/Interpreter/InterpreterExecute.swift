@@ -148,11 +148,10 @@ extension Interpreter {
             let imm = op == 0x6B ? signExtend(d.immediate, 1) : signExtend(d.immediate, s)
             let res = imul2(try readRM(d, s), imm, s)
             setReg(s, d.reg, res)
-        case 0x6C...0x6F:
-            // INS/OUTS are not supported: #UD (documented). In V86 mode the I/O permission check
-            // comes first, so a port the TSS bitmap denies is #GP(0) as on hardware.
-            if v86 { try checkV86IOPermission(port: UInt16(truncatingIfNeeded: r[2]), size: op & 1 == 0 ? 1 : d.operandSize) }
-            throw .ud
+        case 0x6C, 0x6D:
+            try inString(d)
+        case 0x6E, 0x6F:
+            try outString(d)
         case 0x70...0x7F:
             if condition(op & 0xF) { try jump(eip &+ signExtend(d.immediate, 1), d) }
         case 0x80...0x83:
@@ -336,7 +335,7 @@ extension Interpreter {
         case 0xE4, 0xE5, 0xEC, 0xED:
             let port = op <= 0xE5 ? UInt16(d.immediate & 0xFF) : UInt16(truncatingIfNeeded: r[2])
             try checkIOPermission(port: port, size: d.size)
-            pendingIn = (d.size, eip)
+            pendingIn = PendingIn(size: d.size, next: eip)
             throw .stop(.portIn(port: port, size: Int(d.size)))
         case 0xE6, 0xE7, 0xEE, 0xEF:
             let port = op <= 0xE7 ? UInt16(d.immediate & 0xFF) : UInt16(truncatingIfNeeded: r[2])

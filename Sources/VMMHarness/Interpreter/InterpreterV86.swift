@@ -28,14 +28,14 @@ extension Interpreter {
         segmentChanged(UInt8(n))
     }
 
-    // MARK: - I/O permission bitmap
+    // MARK: - I/O permission
 
-    /// IN/OUT in V86 mode ignore IOPL and consult the TSS I/O permission bitmap (SDM vol. 1, 19.5.2;
-    /// vol. 3A, 20.2.8.1): the 16-bit I/O map base is at TSS offset 66h; every bit of
-    /// `port ..< port + size` must be clear, and the two bytes holding them (the CPU always reads
-    /// two) must lie within the TSS limit, else #GP(0). A TSS that is not a 32-bit TSS, or whose
-    /// limit is below 67h, allows no I/O.
-    func checkV86IOPermission(port: UInt16, size: UInt8) throws(Fault) {
+    /// The TSS I/O permission bitmap check (SDM vol. 1, 19.5.2; vol. 3A, 20.2.8.1): the 16-bit I/O
+    /// map base is at TSS offset 66h; every bit of `port ..< port + size` must be clear, and the
+    /// two bytes holding them (the CPU always reads two) must lie within the TSS limit, else
+    /// #GP(0). A TSS that is not a 32-bit TSS, or whose limit is below 67h, allows no I/O. Used
+    /// in V86 mode always and in protected mode when CPL > IOPL.
+    func checkIOPermissionBitmap(port: UInt16, size: UInt8) throws(Fault) {
         let tr = sys.tr
         if tr.unusable || !tr.present || tr.isCodeOrData || tr.type & 0x9 != 0x9 || tr.limit < 0x67 { throw .gp(0) }
         let mapBase = try readSys(tr.base &+ 0x66, 2)
@@ -46,14 +46,13 @@ extension Interpreter {
         if bits & mask != 0 { throw .gp(0) }
     }
 
-    /// The IN/OUT permission check for the current mode: the bitmap in V86 mode, CPL <= IOPL
-    /// otherwise (the protected-mode bitmap for CPL > IOPL is not modelled: #GP(0)).
+    /// The permission check of IN, OUT, INS and OUTS (SDM vol. 1, 19.5): in protected mode
+    /// CPL <= IOPL allows every port and CPL > IOPL consults the TSS bitmap; V86 mode ignores
+    /// IOPL and always consults the bitmap.
     @inline(__always)
     func checkIOPermission(port: UInt16, size: UInt8) throws(Fault) {
-        if v86 {
-            try checkV86IOPermission(port: port, size: size)
-        } else if cpl > iopl {
-            throw .gp(0)
+        if v86 || cpl > iopl {
+            try checkIOPermissionBitmap(port: port, size: size)
         }
     }
 
