@@ -89,7 +89,7 @@ struct Probe: ParsableCommand {
     var json = false
 
     func run() throws {
-        let result = KVMProbe.run()
+        let result = KVMProbe.run(devicePath: VMMHarness.BackendOptions(environment: ProcessInfo.processInfo.environment).kvmDevicePath)
         if json {
             printJSON(result)
         } else {

@@ -9,7 +9,7 @@ public enum Backends {
         case .interpreter:
             return InterpreterBackend(memory: memory, state: initialState)
         case .kvm:
-            let backend = try KVMBackend(memory: memory, devicePath: options.kvmDevicePath)
+            let backend = try KVMBackend(memory: memory, options: options, assist: InterpreterAssist())
             try backend.writeState(initialState)
             return backend
         }

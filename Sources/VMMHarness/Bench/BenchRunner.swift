@@ -20,7 +20,7 @@ public struct BenchRunner {
     public var kvmDevice: String
 
     public init(settings: BenchSettings = .standard, allocationCounter: (@Sendable () -> UInt64)? = nil,
-                progress: ((String) -> Void)? = nil, kvmDevice: String = HostDescription.current().kvmDevice) {
+                progress: ((String) -> Void)? = nil, kvmDevice: String = BackendOptions(environment: ProcessInfo.processInfo.environment).kvmDevicePath) {
         self.settings = settings
         self.allocationCounter = allocationCounter
         self.progress = progress

@@ -75,20 +75,21 @@ public final class DifferentialRunner {
     /// How many times each instruction (first byte after prefixes, as hex) was finished by the
     /// instruction assist on KVM, over every run of this runner.
     public var assistedOpcodes: [String: Int] { assist?.counts ?? [:] }
-    private let host = HostDescription.current()
+    private let host = HostDescription.current(devicePath: BackendOptions(environment: ProcessInfo.processInfo.environment).kvmDevicePath)
 
     /// Creates a runner; `kvm` false runs only the interpreter.
     public init(kvm: Bool) throws(HarnessError) {
+        assist = Harness.makeAssist().map(RecordingAssist.init)
         if kvm {
             let memory = try GuestMemory(size: Self.memorySize)
             kvmMemory = memory
             do {
-                kvmBackend = try KVMBackend(memory: memory, devicePath: host.kvmDevice)
+                kvmBackend = try KVMBackend(memory: memory, options: BackendOptions(environment: ProcessInfo.processInfo.environment),
+                                            assist: assist)
             } catch {
                 throw .unsupported("KVM backend: \(KVMDiagnosis.explain(error))")
             }
         }
-        assist = Harness.makeAssist().map(RecordingAssist.init)
     }
 
     /// The fault handling: skip the faulting instruction, resume traps as they are.

@@ -52,7 +52,8 @@ public enum Harness {
                                    options: MachineOptions = MachineOptions(),
                                    faultHandling: (any FaultHandling)? = nil) throws(HarnessError) -> Machine {
         let choice = requested == .auto ? (BackendChoice.fromEnvironment ?? .auto) : requested
-        let host = HostDescription.current()
+        let backendOptions = BackendOptions(environment: ProcessInfo.processInfo.environment)
+        let host = HostDescription.current(devicePath: backendOptions.kvmDevicePath)
         let memory = try GuestMemory(size: options.memorySize)
         let initial = Machine.initialState(entry: image.entry, layout: try RuntimeImage.layout())
         var backend: any ExecutionBackend
@@ -67,7 +68,7 @@ public enum Harness {
                 throw .unsupported("this host's KVM (\(host.kvmFlavour)) cannot run \(missing.names.joined(separator: ", ")); use --backend interpreter")
             }
             do {
-                backend = try KVMBackend(memory: memory, devicePath: host.kvmDevice)
+                backend = try KVMBackend(memory: memory, options: backendOptions, assist: makeAssist())
             } catch {
                 throw .unsupported("KVM backend: \(KVMDiagnosis.explain(error))")
             }
@@ -79,7 +80,7 @@ public enum Harness {
                 reason = "auto: the image needs \(missing.names.joined(separator: ", ")), which this host's KVM (\(host.kvmFlavour)) cannot run (probed)"
             } else {
                 do {
-                    backend = try KVMBackend(memory: memory, devicePath: host.kvmDevice)
+                    backend = try KVMBackend(memory: memory, options: backendOptions, assist: makeAssist())
                     reason = "auto: \(host.kvmDevice) opened (KVM flavour \(host.kvmFlavour))"
                 } catch {
                     backend = try makeInterpreter(memory, initial)

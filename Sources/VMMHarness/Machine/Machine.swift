@@ -365,10 +365,8 @@ public final class Machine {
             switch assist.assist(state: &state, memory: memory) {
             case .completed:
                 try backend.writeState(state)
-                (backend as? KVMBackend)?.noteAssist()
             case let .exit(e):
                 try backend.writeState(state)
-                (backend as? KVMBackend)?.noteAssist()
                 handle(e)
             case let .failed(why):
                 finish(.emulationFailure, "KVM could not emulate [\(hexBytes)] at \(hex(eip)) and the assist failed: \(why)")
