@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 const unsigned long ckvm_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -21,6 +23,13 @@ const unsigned long ckvm_KVM_GET_SREGS = KVM_GET_SREGS;
 const unsigned long ckvm_KVM_SET_SREGS = KVM_SET_SREGS;
 const unsigned long ckvm_KVM_NMI = KVM_NMI;
 const unsigned long ckvm_KVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+const unsigned long ckvm_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+const unsigned long ckvm_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+const unsigned long ckvm_KVM_SET_SIGNAL_MASK = KVM_SET_SIGNAL_MASK;
+
+const size_t ckvm_KVM_RUN_EXIT_DATA_OFFSET = offsetof(struct kvm_run, io);
+const size_t ckvm_KVM_RUN_SYNC_REGS_OFFSET = offsetof(struct kvm_run, s.regs.regs);
+const size_t ckvm_KVM_RUN_SYNC_SREGS_OFFSET = offsetof(struct kvm_run, s.regs.sregs);
 
 const int ckvm_KVM_CAP_SYNC_REGS = KVM_CAP_SYNC_REGS;
 const int ckvm_KVM_CAP_IMMEDIATE_EXIT = KVM_CAP_IMMEDIATE_EXIT;
@@ -36,6 +45,11 @@ const uint8_t ckvm_KVM_EXIT_IO_IN = KVM_EXIT_IO_IN;
 const uint8_t ckvm_KVM_EXIT_IO_OUT = KVM_EXIT_IO_OUT;
 const uint32_t ckvm_KVM_GUESTDBG_ENABLE = KVM_GUESTDBG_ENABLE;
 const uint32_t ckvm_KVM_GUESTDBG_USE_HW_BP = KVM_GUESTDBG_USE_HW_BP;
+const uint32_t ckvm_KVM_GUESTDBG_SINGLESTEP = KVM_GUESTDBG_SINGLESTEP;
+const uint32_t ckvm_KVM_VCPUEVENT_VALID_NMI_PENDING = KVM_VCPUEVENT_VALID_NMI_PENDING;
+const uint32_t ckvm_KVM_VCPUEVENT_VALID_SHADOW = KVM_VCPUEVENT_VALID_SHADOW;
+const uint8_t ckvm_KVM_X86_SHADOW_INT_MOV_SS = KVM_X86_SHADOW_INT_MOV_SS;
+const uint8_t ckvm_KVM_X86_SHADOW_INT_STI = KVM_X86_SHADOW_INT_STI;
 const int ckvm_O_RDWR_CLOEXEC = O_RDWR | O_CLOEXEC;
 
 int ckvm_open(const char *path, int flags) { return open(path, flags); }
@@ -51,3 +65,25 @@ void *ckvm_mmap_shared(int fd, size_t length) {
 
 int ckvm_munmap(void *addr, size_t length) { return munmap(addr, length); }
 int ckvm_errno(void) { return errno; }
+
+int ckvm_set_signal_mask(int vcpu_fd, const sigset_t *blocked) {
+    /* struct kvm_signal_mask ends in a flexible array; the buffer holds the header and 8 bytes. */
+    union {
+        struct kvm_signal_mask header;
+        unsigned char bytes[sizeof(struct kvm_signal_mask) + 8];
+    } mask;
+    memset(&mask, 0, sizeof mask);
+    mask.header.len = 8;
+    memcpy(mask.bytes + sizeof(struct kvm_signal_mask), blocked, 8);
+    return ioctl(vcpu_fd, KVM_SET_SIGNAL_MASK, &mask);
+}
+
+void ckvm_kick_store(struct kvm_run *run) {
+    __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+void ckvm_kick_clear(struct kvm_run *run) { __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST); }
+
+int ckvm_gettid(void) { return (int)syscall(SYS_gettid); }
+int ckvm_tgkill(int tid, int signal) { return (int)syscall(SYS_tgkill, (int)getpid(), tid, signal); }

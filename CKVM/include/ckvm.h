@@ -8,6 +8,7 @@
 #ifndef CKVM_H
 #define CKVM_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <linux/kvm.h>
@@ -29,6 +30,15 @@ extern const unsigned long ckvm_KVM_GET_SREGS;
 extern const unsigned long ckvm_KVM_SET_SREGS;
 extern const unsigned long ckvm_KVM_NMI;
 extern const unsigned long ckvm_KVM_SET_GUEST_DEBUG;
+extern const unsigned long ckvm_KVM_GET_VCPU_EVENTS;
+extern const unsigned long ckvm_KVM_SET_VCPU_EVENTS;
+extern const unsigned long ckvm_KVM_SET_SIGNAL_MASK;
+
+/* Byte offsets inside struct kvm_run (its exit-data union and the sync-regs area are unions,
+ * which Swift imports as computed properties, so their addresses are taken from here). */
+extern const size_t ckvm_KVM_RUN_EXIT_DATA_OFFSET;
+extern const size_t ckvm_KVM_RUN_SYNC_REGS_OFFSET;
+extern const size_t ckvm_KVM_RUN_SYNC_SREGS_OFFSET;
 
 /* Capabilities and flags used by the project (plain enums in kvm.h import fine; these are macros). */
 extern const int ckvm_KVM_CAP_SYNC_REGS;
@@ -44,6 +54,11 @@ extern const uint8_t ckvm_KVM_EXIT_IO_IN;
 extern const uint8_t ckvm_KVM_EXIT_IO_OUT;
 extern const uint32_t ckvm_KVM_GUESTDBG_ENABLE;
 extern const uint32_t ckvm_KVM_GUESTDBG_USE_HW_BP;
+extern const uint32_t ckvm_KVM_GUESTDBG_SINGLESTEP;
+extern const uint32_t ckvm_KVM_VCPUEVENT_VALID_NMI_PENDING;
+extern const uint32_t ckvm_KVM_VCPUEVENT_VALID_SHADOW;
+extern const uint8_t ckvm_KVM_X86_SHADOW_INT_MOV_SS;
+extern const uint8_t ckvm_KVM_X86_SHADOW_INT_STI;
 
 /* Fixed-arity wrappers. Each returns what the syscall returns (-1 with errno set on failure). */
 int ckvm_open(const char *path, int flags);
@@ -54,6 +69,20 @@ int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
 void *ckvm_mmap_shared(int fd, size_t length);
 int ckvm_munmap(void *addr, size_t length);
 int ckvm_errno(void);
+
+/* KVM_SET_SIGNAL_MASK with `blocked` as the signals blocked while KVM_RUN runs. Builds the
+ * variable-length struct kvm_signal_mask (len = 8, the kernel's sigset size on x86-64) from the
+ * first 8 bytes of the C library's sigset_t. */
+int ckvm_set_signal_mask(int vcpu_fd, const sigset_t *blocked);
+
+/* kvm_run.immediate_exit, stored atomically (sequentially consistent, then a full fence) because
+ * another thread sets it while the vCPU thread may be entering KVM_RUN. */
+void ckvm_kick_store(struct kvm_run *run);
+void ckvm_kick_clear(struct kvm_run *run);
+
+/* The calling thread's kernel thread id (gettid(2)), and tgkill(2) to a thread of this process. */
+int ckvm_gettid(void);
+int ckvm_tgkill(int tid, int signal);
 
 /* Flags for ckvm_open. */
 extern const int ckvm_O_RDWR_CLOEXEC;

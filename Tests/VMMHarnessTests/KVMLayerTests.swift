@@ -54,6 +54,7 @@ import Testing
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_IO)
         f.run.pointee.io.direction = ckvm_KVM_EXIT_IO_OUT
         f.run.pointee.io.size = 4
+        f.run.pointee.io.count = 1
         f.run.pointee.io.data_offset = 4094
         #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
     }
@@ -64,6 +65,7 @@ import Testing
         f.run.pointee.io.direction = ckvm_KVM_EXIT_IO_IN
         f.run.pointee.io.size = 2
         f.run.pointee.io.port = 0x60
+        f.run.pointee.io.count = 1
         f.run.pointee.io.data_offset = 0x800
         #expect(f.decode() == .portIn(port: 0x60, size: 2))
     }
@@ -124,18 +126,18 @@ import Testing
 @Suite(.enabled(if: TestSupport.kvmUsable, "needs a /dev/kvm that opens"))
 struct KVMDeviceTests {
     @Test func opensAndReportsCapabilities() throws {
-        let sys = try KVMSystem()
+        let sys = try KVMSystem(path: TestSupport.backendOptions.kvmDevicePath)
         #expect(sys.hasImmediateExit)
         #expect(try sys.vcpuMmapSize() >= MemoryLayout<kvm_run>.size)
     }
 
     @Test func missingDeviceGetsItsOwnMessage() {
-        #expect(throws: HarnessError.kvmUnavailable(path: "/nonexistent/kvm", errno: ENOENT)) {
+        #expect(throws: HarnessError.kvmUnavailable(path: "/nonexistent/kvm", errno: .noSuchFileOrDirectory)) {
             try KVMSystem(path: "/nonexistent/kvm")
         }
-        let text = KVMDiagnosis.explain(.kvmUnavailable(path: "/dev/kvm", errno: EACCES))
+        let text = KVMDiagnosis.explain(.kvmUnavailable(path: "/dev/kvm", errno: .permissionDenied))
         #expect(text.contains("permission denied"))
-        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/dev/kvm", errno: ENODEV)).contains("ENODEV"))
+        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/dev/kvm", errno: .noSuchDevice)).contains("ENODEV"))
     }
 }
 

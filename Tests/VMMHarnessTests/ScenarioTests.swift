@@ -80,7 +80,7 @@ extension TestSupport {
         switch backend {
         case .kvm:
             guard kvmUsable else { try Test.cancel("KVM: \(kvmSkipReason)") }
-            let missing = Harness.unsupportedNeeds(needs, host: HostDescription.current())
+            let missing = Harness.unsupportedNeeds(needs, host: TestSupport.host)
             guard missing.isEmpty else {
                 try Test.cancel("this host's KVM cannot run \(missing.names.joined(separator: ", ")) (see vmm-harness probe)")
             }

@@ -11,11 +11,14 @@ enum TestSupport {
         return url.path
     }()
 
-    /// The backend options of the test process's environment (`VMM_HARNESS_KVM_DEVICE`,
-    /// `VMM_HARNESS_NO_SYNC_REGS`): the library reads no environment itself.
+    /// The backend options the CLI's environment variables select (`VMM_HARNESS_KVM_DEVICE`,
+    /// `VMM_HARNESS_NO_SYNC_REGS`): scripts/test.sh runs the suite again with them set.
     static let backendOptions = BackendOptions(environment: ProcessInfo.processInfo.environment)
 
-    /// Whether /dev/kvm really opens here (not just exists). Tests that need it are gated on this.
+    /// The host as the tests see it (its KVM device from `backendOptions`).
+    static var host: HostDescription { HostDescription.current(devicePath: backendOptions.kvmDevicePath) }
+
+    /// Whether the KVM device really opens here (not just exists). Tests that need it are gated on this.
     static let kvmUsable: Bool = {
         if ProcessInfo.processInfo.environment["VMM_HARNESS_TEST_NO_KVM"] != nil { return false }
         return (try? KVMSystem(path: backendOptions.kvmDevicePath)) != nil
@@ -23,7 +26,7 @@ enum TestSupport {
 
     /// Why KVM tests are skipped, for the test's comment.
     static var kvmSkipReason: String {
-        HostDescription.current(devicePath: backendOptions.kvmDevicePath).kvmError ?? "KVM disabled by VMM_HARNESS_TEST_NO_KVM"
+        host.kvmError ?? "KVM disabled by VMM_HARNESS_TEST_NO_KVM"
     }
 
     static let toolchain: Toolchain? = try? Toolchain.find()

@@ -13,7 +13,7 @@ public enum Backends {
         case .interpreter:
             return InterpreterBackend(memory: memory, state: initialState)
         case .kvm:
-            let backend = try KVMBackend(memory: memory, devicePath: options.kvmDevicePath)
+            let backend = try KVMBackend(memory: memory, options: options, assist: assist)
             try backend.writeState(initialState)
             return backend
         }

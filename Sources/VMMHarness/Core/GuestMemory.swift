@@ -38,7 +38,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         guard let p, p != MAP_FAILED else {
-            throw .system(call: "mmap(guest memory, \(size) bytes)", errno: errno)
+            throw .system(call: "mmap(guest memory, \(size) bytes)", errno: .current)
         }
         self.base = p
         self.size = size

@@ -7,10 +7,10 @@ import Darwin
 /// Every error the harness reports. Each case names what failed and keeps the cause
 /// (the errno and the call for system errors).
 public enum HarnessError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// A system call failed. `call` names it (for ioctls, the request name), `errno` is the C errno.
-    case system(call: String, errno: Int32)
-    /// `/dev/kvm` (or the path in `VMM_HARNESS_KVM_DEVICE`) could not be used.
-    case kvmUnavailable(path: String, errno: Int32)
+    /// A system call failed. `call` names it (for ioctls, the request name), `errno` is what it left.
+    case system(call: String, errno: Errno)
+    /// The KVM device (`BackendOptions.kvmDevicePath`, `/dev/kvm` by default) could not be used.
+    case kvmUnavailable(path: String, errno: Errno)
     /// The KVM API version is not the stable 12.
     case kvmAPIVersion(Int32)
     /// A required KVM capability is missing.
@@ -33,9 +33,9 @@ public enum HarnessError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .system(call, e):
-            return "\(call) failed: \(HarnessError.errnoName(e)) (\(String(cString: strerror(e))))"
+            return "\(call) failed: \(e)"
         case let .kvmUnavailable(path, e):
-            return "cannot open \(path): \(HarnessError.errnoName(e)) (\(String(cString: strerror(e))))"
+            return "cannot open \(path): \(e)"
         case let .kvmAPIVersion(v):
             return "KVM API version \(v) is not the supported version 12"
         case let .kvmMissingCapability(c):
@@ -57,27 +57,7 @@ public enum HarnessError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The symbolic name of an errno value (ENOENT, EACCES, ...), or its number.
-    public static func errnoName(_ e: Int32) -> String {
-        switch e {
-        case EPERM: return "EPERM"
-        case ENOENT: return "ENOENT"
-        case EINTR: return "EINTR"
-        case EIO: return "EIO"
-        case ENXIO: return "ENXIO"
-        case EBADF: return "EBADF"
-        case EAGAIN: return "EAGAIN"
-        case ENOMEM: return "ENOMEM"
-        case EACCES: return "EACCES"
-        case EFAULT: return "EFAULT"
-        case EBUSY: return "EBUSY"
-        case EEXIST: return "EEXIST"
-        case ENODEV: return "ENODEV"
-        case EINVAL: return "EINVAL"
-        case ENOTTY: return "ENOTTY"
-        case ENOSYS: return "ENOSYS"
-        case EOPNOTSUPP: return "EOPNOTSUPP"
-        default: return "errno \(e)"
-        }
-    }
+    /// The symbolic name of an errno value (ENOENT, EACCES, ...), or "errno N".
+    @available(*, deprecated, message: "use Errno(rawValue:).name")
+    public static func errnoName(_ e: Int32) -> String { Errno(rawValue: e).name }
 }

@@ -80,7 +80,7 @@ public enum GuestAssembler {
                 try text.write(toFile: "\(dir)/\(file)", atomically: false, encoding: .utf8)
             }
         } catch {
-            throw .system(call: "write(\(dir))", errno: Int32((error as NSError).code))
+            throw .system(call: "write(\(dir))", errno: Errno(rawValue: Int32((error as NSError).code)))
         }
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let r1 = try Subprocess.run(tc.clang, ["--target=i386-unknown-none", "-c", "-I", dir, "-o", "\(dir)/input.o", "\(dir)/input.S"])

@@ -39,7 +39,7 @@ struct Subprocess {
         p.standardError = pipe
         p.standardInput = FileHandle.nullDevice
         do { try p.run() } catch {
-            throw .system(call: "posix_spawn(\(path))", errno: Int32((error as NSError).code))
+            throw .system(call: "posix_spawn(\(path))", errno: Errno(rawValue: Int32((error as NSError).code)))
         }
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()

@@ -89,6 +89,15 @@ extension CPUState {
 }
 
 /// The KVM execution backend: one VM, one vCPU, the guest memory mapped at physical 0.
+///
+/// - Instruction assist: an instruction KVM's emulator refuses (`KVM_EXIT_INTERNAL_ERROR`,
+///   emulation failure: INT n, IRET and friends on PVM hosts) is finished by the assist inside
+///   `run()`, which then goes on running the guest; the caller sees only what the instruction
+///   led to.
+/// - String I/O: one `KVM_EXIT_IO` with several elements is handed out element by element (see
+///   `run(instructionBudget:)`).
+/// - Threads: the backend is used from one thread at a time; only `kicker` (and `kick()`) may be
+///   called from others.
 public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     public let kind = BackendKind.kvm
     public let memory: GuestMemory
@@ -96,21 +105,47 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     public let system: KVMSystem
     public let vm: KVMVirtualMachine
     public let vcpu: KVMVCPU
+    /// The options the backend was made with.
+    public let options: BackendOptions
+    /// Finishes refused instructions and delivers external interrupts (nil: emulation failures
+    /// are returned as `.internalError`, and external interrupts are unsupported).
+    private let assist: (any InstructionAssist)?
     private var lastSregs: kvm_sregs?
     /// The state last read or written, while it is still what the vCPU holds (cleared by `run`).
     private var knownState: CPUState?
+    /// The port I/O exit whose elements are being handed out.
+    private var pendingIO: PendingPortIO?
 
-    /// Creates the VM and vCPU over `memory`, using the device at `devicePath`.
-    public init(memory: GuestMemory, devicePath: String = KVMSystem.defaultPath) throws(HarnessError) {
+    /// The elements of one I/O exit still to hand out or answer.
+    private struct PendingPortIO {
+        let io: KVMPortIO
+        /// Elements handed out so far (run() hands out the first with the exit).
+        var handedOut = 1
+        /// IN: elements answered by `completePortIn`.
+        var answered = 0
+    }
+
+    /// Creates the VM and vCPU over `memory` on the device `options.kvmDevicePath`, moving
+    /// registers as `options.kvmSyncRegisters` says and kicking with `options.kickSignal`.
+    /// `assist` (normally the interpreter's) finishes what KVM's emulator refuses.
+    public init(memory: GuestMemory, options: BackendOptions = BackendOptions(),
+                assist: (any InstructionAssist)? = nil) throws(HarnessError) {
         self.memory = memory
-        let system = try KVMSystem(path: devicePath)
+        self.options = options
+        self.assist = assist
+        let system = try KVMSystem(path: options.kvmDevicePath)
         guard system.hasImmediateExit else { throw .kvmMissingCapability("KVM_CAP_IMMEDIATE_EXIT") }
         self.system = system
         self.vm = try system.createVM()
         try vm.mapMemory(memory)
-        self.vcpu = try vm.createVCPU()
-        vcpu.bindToCurrentThread()
+        self.vcpu = try vm.createVCPU(syncRegisters: options.kvmSyncRegisters, kickSignal: options.kickSignal)
     }
+
+    /// What other threads use to end a `run()` (timeouts): `KVMKicker`.
+    public var kicker: (any BackendKicker)? { vcpu.kicker }
+
+    /// Interrupts a KVM_RUN in progress from another thread (the same as `kicker?.kick()`).
+    public func kick() { vcpu.kicker.kick() }
 
     public func readState() throws(HarnessError) -> CPUState {
         if let knownState { return knownState }
@@ -136,13 +171,15 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
             knownState = state
             return
         }
-        knownState = state
+        // Unknown until both parts are in.
+        knownState = nil
         let base: kvm_sregs
         if let lastSregs { base = lastSregs } else { base = try vcpu.getSregs() }
         let s = state.kvmSregs(base: base)
         try vcpu.setSregs(s)
         lastSregs = s
         try vcpu.setRegs(state.kvmRegs)
+        knownState = state
         // Debug registers are not part of sregs; the harness leaves them at their reset values on KVM.
     }
 
@@ -153,24 +190,128 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
         knownState = nil
     }
 
+    /// Runs the guest to its next exit.
+    ///
+    /// String I/O: a `KVM_EXIT_IO` with `count` elements becomes `count` exits. For OUT, this
+    /// call returns element 0 and the next `count - 1` calls return elements 1…count-1 without
+    /// entering KVM. For IN, each call returns `.portIn` for one element and `completePortIn`
+    /// stores that element's value; an element not answered is handed out again (as the
+    /// interpreter re-executes an unanswered IN). After the last element the next call enters
+    /// KVM, which completes the instruction (for INS, it copies the elements to guest memory).
+    /// `readState` between the elements returns the state of the exit.
     public func run(instructionBudget: Int) throws(HarnessError) -> GuestExit {
-        statistics.runs += 1
-        lastSregs = nil
-        knownState = nil
-        return try vcpu.run()
+        if let next = nextPendingElement() { return next }
+        while true {
+            statistics.runs += 1
+            lastSregs = nil
+            knownState = nil
+            switch try vcpu.run() {
+            case let .io(io):
+                pendingIO = PendingPortIO(io: io)
+                return io.exit(element: 0, in: UnsafeRawBufferPointer(vcpu.ioData))
+            case let .exit(.internalError(suberror, _, bytes)) where suberror == ckvm_KVM_INTERNAL_ERROR_EMULATION && assist != nil:
+                if let exit = try assistRefusedInstruction(bytes) { return exit }
+            case let .exit(exit):
+                return exit
+            }
+        }
+    }
+
+    /// The next element of the pending I/O exit, or nil (pending I/O done) when KVM must run.
+    private func nextPendingElement() -> GuestExit? {
+        guard var p = pendingIO else { return nil }
+        if p.io.isIn && p.answered < p.handedOut {
+            return p.io.exit(element: p.handedOut - 1, in: UnsafeRawBufferPointer(vcpu.ioData))
+        }
+        guard p.handedOut < p.io.count else {
+            pendingIO = nil
+            return nil
+        }
+        let exit = p.io.exit(element: p.handedOut, in: UnsafeRawBufferPointer(vcpu.ioData))
+        p.handedOut += 1
+        pendingIO = p
+        return exit
+    }
+
+    /// Hands an instruction KVM refused to the assist. Returns the exit for the caller, or nil
+    /// when the instruction completed and the guest should run on.
+    private func assistRefusedInstruction(_ bytes: [UInt8]) throws(HarnessError) -> GuestExit? {
+        guard let assist else { return nil }
+        var state = try readState()
+        let eip = state.eip
+        switch assist.assist(state: &state, memory: memory) {
+        case .completed:
+            try writeState(state)
+            statistics.assists += 1
+            // Single-stepping: the assisted instruction was the step.
+            return vcpu.singleStepping ? .singleStep(address: state.cs.base &+ state.eip) : nil
+        case let .exit(e):
+            try writeState(state)
+            statistics.assists += 1
+            return e
+        case let .failed(why):
+            return .assistFailed(instructionBytes: bytes, address: eip, why: why)
+        }
     }
 
     public func completePortIn(value: UInt32) throws(HarnessError) {
-        try vcpu.completePortIn(value: value)
+        guard var p = pendingIO, p.io.isIn else { throw .guestProtocol("completePortIn without a pending IN") }
+        // The element handed out last (answering it again replaces the value).
+        let element = p.handedOut - 1
+        guard p.io.store(value, element: element, in: vcpu.ioData) else {
+            throw .guestProtocol("IN element \(element) is outside the kvm_run mapping")
+        }
+        p.answered = p.handedOut
+        pendingIO = p
+    }
+
+    /// `KVM_NMI`: KVM delivers it through IDT vector 02h when the guest can take it.
+    public func injectNMI() throws(HarnessError) {
+        try vcpu.injectNMI()
+    }
+
+    /// Delivers `vector` through the guest's IDT with the assist (KVM has no call that injects
+    /// an external interrupt into a guest without an in-kernel interrupt controller): the
+    /// interrupt shadow comes from KVM_GET_VCPU_EVENTS, IF from the state.
+    public func deliverExternalInterrupt(vector: UInt8) throws(HarnessError) -> InterruptDelivery {
+        guard let assist else { throw .unsupported("external interrupts on the KVM backend without an instruction assist") }
+        let inhibited = try vcpu.getEvents().interrupt.shadow != 0
+        var state = try readState()
+        let delivery = assist.deliverInterrupt(vector: vector, state: &state, memory: memory, inhibited: inhibited)
+        if delivery == .delivered { try writeState(state) }
+        return delivery
     }
 
     public func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
         try vcpu.setHardwareBreakpoints(addresses)
     }
 
-    /// Interrupts a KVM_RUN in progress from another thread (timeouts).
-    public func kick() { vcpu.kick() }
+    public func setSingleStep(_ enabled: Bool) throws(HarnessError) {
+        try vcpu.setSingleStep(enabled)
+    }
 
-    /// Counts an instruction the interpreter finished for KVM.
-    public func noteAssist() { statistics.assists += 1 }
+    /// What `captureVCPU` holds: the CPU state (regs and sregs) and two bits of the vCPU events.
+    public static let capturedParts = ["cpu", "interrupt-shadow", "nmi-pending"]
+
+    /// Registers (regs and sregs) plus the interrupt shadow and NMI-pending bit of
+    /// KVM_GET_VCPU_EVENTS.
+    public func captureVCPU() throws(HarnessError) -> VCPUSnapshot {
+        let cpu = try readState()
+        let events = try vcpu.getEvents()
+        return VCPUSnapshot(cpu: cpu, interruptShadow: events.interrupt.shadow != 0, nmiPending: events.nmi.pending != 0,
+                            capturedParts: Self.capturedParts)
+    }
+
+    /// Writes the registers and sets the interrupt shadow (as after STI) and NMI-pending bit with
+    /// KVM_SET_VCPU_EVENTS, keeping KVM's other event state. Ends any string I/O being handed
+    /// out: the snapshot replaces the instruction it belonged to.
+    public func restoreVCPU(_ snapshot: VCPUSnapshot) throws(HarnessError) {
+        pendingIO = nil
+        try writeState(snapshot.cpu)
+        var events = try vcpu.getEvents()
+        events.flags = ckvm_KVM_VCPUEVENT_VALID_SHADOW | ckvm_KVM_VCPUEVENT_VALID_NMI_PENDING
+        events.interrupt.shadow = snapshot.interruptShadow ? ckvm_KVM_X86_SHADOW_INT_STI : 0
+        events.nmi.pending = snapshot.nmiPending ? 1 : 0
+        try vcpu.setEvents(events)
+    }
 }

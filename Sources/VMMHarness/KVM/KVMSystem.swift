@@ -9,32 +9,28 @@ import Glibc
 /// Calls a wrapper that returns -1/errno and turns a failure into `HarnessError.system` naming the call.
 @inline(__always)
 func kvmCheck(_ name: @autoclosure () -> String, _ result: Int32) throws(HarnessError) -> Int32 {
-    if result < 0 { throw .system(call: name(), errno: ckvm_errno()) }
+    if result < 0 { throw .system(call: name(), errno: Errno(rawValue: ckvm_errno())) }
     return result
 }
 
 /// An open `/dev/kvm` (the DDK has no counterpart; rust-vmm calls it `Kvm`).
 public final class KVMSystem: @unchecked Sendable {
-    /// The device path: `VMM_HARNESS_KVM_DEVICE` if set (tests point it elsewhere to simulate a
-    /// host without KVM), else `/dev/kvm`.
-    public static var defaultPath: String {
-        if let p = getenv("VMM_HARNESS_KVM_DEVICE") { return String(cString: p) }
-        return "/dev/kvm"
-    }
-
+    /// The device path it was opened with.
     public let path: String
     let fd: Int32
 
-    /// Opens the device and checks the API version. Errors keep the errno: ENOENT (missing),
-    /// EACCES (permission), ENODEV/ENXIO (no virtualization support) are distinguished by callers.
-    public init(path: String = KVMSystem.defaultPath) throws(HarnessError) {
+    /// Opens the device at `path` (callers pass `BackendOptions.kvmDevicePath`; the library
+    /// reads no environment variable) and checks the API version. Errors keep the errno: ENOENT
+    /// (missing), EACCES (permission), ENODEV/ENXIO (no virtualization support) are told apart
+    /// by `KVMDiagnosis`.
+    public init(path: String = "/dev/kvm") throws(HarnessError) {
         self.path = path
         let fd = ckvm_open(path, ckvm_O_RDWR_CLOEXEC)
-        guard fd >= 0 else { throw .kvmUnavailable(path: path, errno: ckvm_errno()) }
+        guard fd >= 0 else { throw .kvmUnavailable(path: path, errno: Errno(rawValue: ckvm_errno())) }
         self.fd = fd
         let v = ckvm_ioctl_none(fd, ckvm_KVM_GET_API_VERSION)
         guard v >= 0 else {
-            let e = ckvm_errno()
+            let e = Errno(rawValue: ckvm_errno())
             ckvm_close(fd)
             throw .kvmUnavailable(path: path, errno: e)
         }
@@ -46,7 +42,8 @@ public final class KVMSystem: @unchecked Sendable {
 
     deinit { ckvm_close(fd) }
 
-    /// `KVM_CHECK_EXTENSION`: 0 when absent, otherwise the capability's value.
+    /// `KVM_CHECK_EXTENSION`: 0 when absent, otherwise the capability's value. (The ioctl only
+    /// fails on a bad descriptor or request, which this type rules out; a failure reads as 0.)
     public func checkExtension(_ capability: Int32) -> Int32 {
         max(0, ckvm_ioctl_int(fd, ckvm_KVM_CHECK_EXTENSION, UInt(capability)))
     }
@@ -91,16 +88,27 @@ public final class KVMVirtualMachine: @unchecked Sendable {
         self.memory.append(memory)
     }
 
-    /// `KVM_CREATE_VCPU` plus the mapping of its `kvm_run`.
-    public func createVCPU(id: UInt32 = 0) throws(HarnessError) -> KVMVCPU {
+    /// `KVM_CREATE_VCPU` plus the mapping of its `kvm_run`. `syncRegisters` asks for registers
+    /// through kvm_run's sync area (used when the host offers regs and sregs there); `kickSignal`
+    /// is the signal its kicker sends (its handler is installed while the vCPU exists). A
+    /// failure part way closes and unmaps what was made.
+    public func createVCPU(id: UInt32 = 0, syncRegisters: Bool = true, kickSignal: Int32 = SIGUSR2) throws(HarnessError) -> KVMVCPU {
         let size = try system.vcpuMmapSize()
         let cfd = try kvmCheck("ioctl(KVM_CREATE_VCPU)", ckvm_ioctl_int(fd, ckvm_KVM_CREATE_VCPU, UInt(id)))
         guard let p = ckvm_mmap_shared(cfd, size) else {
-            let e = ckvm_errno()
+            let e = Errno(rawValue: ckvm_errno())
             ckvm_close(cfd)
             throw .system(call: "mmap(vcpu kvm_run)", errno: e)
         }
-        return KVMVCPU(vm: self, fd: cfd, run: KVMRunArea(pointer: p, size: size),
-                       syncSets: system.syncRegisterSets)
+        let area: KVMRunArea
+        do {
+            area = try KVMRunArea(pointer: p, size: size)   // unmaps `p` itself when it throws
+            try KickSignalHandler.acquire(kickSignal)
+        } catch {
+            ckvm_close(cfd)
+            throw error
+        }
+        return KVMVCPU(vm: self, fd: cfd, run: area, syncSets: syncRegisters ? system.syncRegisterSets : 0,
+                       kickSignal: kickSignal)
     }
 }

@@ -5,82 +5,122 @@ import Glibc
 
 /// A vCPU file descriptor with its `kvm_run` mapping (rust-vmm's `VcpuFd`).
 ///
-/// Registers move through the sync-regs area of `kvm_run` when the host offers
+/// Registers move through the sync-regs area of `kvm_run` when asked to and the host offers
 /// `KVM_CAP_SYNC_REGS` with regs and sregs (no extra ioctl per exit), otherwise through
 /// KVM_GET/SET_REGS and KVM_GET/SET_SREGS.
+///
+/// Signals: the kick signal's handler is installed while the vCPU exists (`KickSignalHandler`).
+/// The caller's thread mask is never changed; `KVM_SET_SIGNAL_MASK` gives `KVM_RUN` the running
+/// thread's mask without the kick signal, so a kick interrupts `KVM_RUN` whatever that thread
+/// blocks. A kick signal that arrives while it is blocked outside `KVM_RUN` stays pending and
+/// ends the next `KVM_RUN` with EINTR; it is then taken off the pending set.
 public final class KVMVCPU: @unchecked Sendable {
     public let vm: KVMVirtualMachine
     let fd: Int32
     let runArea: KVMRunArea
     /// Whether registers travel through kvm_run's sync area.
     public let usesSyncRegisters: Bool
-    private var threadToKick: pthread_t?
+    /// Interrupts `KVM_RUN` from other threads.
+    public let kicker: KVMKicker
+    /// The kick signal (`BackendOptions.kickSignal`).
+    public var kickSignal: Int32 { kicker.signal }
+    /// Whether the sync area holds the registers of the last exit.
     private var syncedValid = false
+    /// The hardware breakpoints (DR0–DR3) and single-stepping, set together by KVM_SET_GUEST_DEBUG.
+    public private(set) var breakpoints: [UInt32] = []
+    public private(set) var singleStepping = false
 
-    init(vm: KVMVirtualMachine, fd: Int32, run: KVMRunArea, syncSets: UInt32) {
+    init(vm: KVMVirtualMachine, fd: Int32, run: KVMRunArea, syncSets: UInt32, kickSignal: Int32) {
         self.vm = vm
         self.fd = fd
         self.runArea = run
         let want = UInt32(truncatingIfNeeded: ckvm_KVM_SYNC_X86_REGS | ckvm_KVM_SYNC_X86_SREGS)
-        self.usesSyncRegisters = syncSets & want == want && getenv("VMM_HARNESS_NO_SYNC_REGS") == nil
-        KVMVCPU.installKickHandler()
+        self.usesSyncRegisters = syncSets & want == want
+        self.kicker = KVMKicker(runArea: run, signal: kickSignal)
     }
 
-    deinit { ckvm_close(fd) }
+    deinit {
+        // In this order: no kick signals once detached, then the handler may go.
+        kicker.detach()
+        KickSignalHandler.release(kicker.signal)
+        ckvm_close(fd)
+    }
 
     /// `KVM_RUN` once. EINTR (a kick or any signal) is returned as `.interrupted`, never retried here.
-    public func run() throws(HarnessError) -> GuestExit {
-        if let t = threadToKick, pthread_equal(t, pthread_self()) != 0 {} else { bindToCurrentThread() }
+    func run() throws(HarnessError) -> KVMExit {
+        let thread = CurrentThread.id
+        if thread != kicker.recordedThread { try bind(to: thread) }
         let r = runArea.run
         if usesSyncRegisters {
             r.pointee.kvm_valid_regs = ckvm_KVM_SYNC_X86_REGS | ckvm_KVM_SYNC_X86_SREGS
         }
         let rc = ckvm_ioctl_none(fd, ckvm_KVM_RUN)
+        let e = Errno(rawValue: ckvm_errno())
+        // KVM consumed the dirty sync registers and stored the current ones, on every path that
+        // reached the vCPU (EINTR from immediate_exit included).
         syncedValid = usesSyncRegisters
         r.pointee.kvm_dirty_regs = 0
         if rc < 0 {
-            let e = ckvm_errno()
-            if e == EINTR || e == EAGAIN {
-                r.pointee.immediate_exit = 0
-                return .interrupted
+            if e == .interrupted || e == .resourceTemporarilyUnavailable {
+                endKick()
+                return .exit(.interrupted)
             }
             syncedValid = false
             throw .system(call: "ioctl(KVM_RUN)", errno: e)
         }
-        return runArea.decodeExit()
+        let exit = runArea.decodeExit()
+        if exit == .exit(.interrupted) { endKick() }
+        return exit
     }
 
-    /// For the pending IN: stores the value KVM hands the guest on the next KVM_RUN.
-    public func completePortIn(value: UInt32) throws(HarnessError) {
-        let r = runArea.run
-        guard r.pointee.exit_reason == UInt32(KVM_EXIT_IO), r.pointee.io.direction == ckvm_KVM_EXIT_IO_IN else {
-            throw .guestProtocol("completePortIn without a pending IN")
-        }
-        let size = Int(r.pointee.io.size)
-        let offset = Int(r.pointee.io.data_offset)
-        guard offset >= 0, offset + size <= runArea.size else { throw .guestProtocol("kvm_run I/O data offset out of range") }
-        for i in 0..<size {
-            runArea.raw.storeBytes(of: UInt8(truncatingIfNeeded: value >> (8 * UInt32(i))), toByteOffset: offset + i, as: UInt8.self)
-        }
+    /// A kick ended KVM_RUN: clears `immediate_exit` (firecracker does the same) and takes a
+    /// kick signal that the running thread blocks off its pending set, where it would otherwise
+    /// end every following KVM_RUN at once.
+    private func endKick() {
+        // Sound: atomic store into the mapping the kicker writes too.
+        ckvm_kick_clear(runArea.run)
+        var pending = sigset_t()
+        sigemptyset(&pending)
+        // sigpending only fails for a bad pointer.
+        guard sigpending(&pending) == 0, sigismember(&pending, kickSignal) == 1 else { return }
+        var only = sigset_t()
+        sigemptyset(&only)
+        sigaddset(&only, kickSignal)
+        var now = timespec(tv_sec: 0, tv_nsec: 0)
+        // Real-time kick signals queue: take them all. Returns -1/EAGAIN when none is left.
+        while sigtimedwait(&only, nil, &now) == kickSignal {}
+    }
+
+    /// Records the calling thread (kernel id `thread`) as the one that runs the vCPU and gives
+    /// KVM_RUN its signal mask without the kick signal (`KVM_SET_SIGNAL_MASK`).
+    private func bind(to thread: Int32) throws(HarnessError) {
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        // A query: with no new set, pthread_sigmask changes nothing.
+        let rc = pthread_sigmask(SIG_BLOCK, nil, &mask)
+        guard rc == 0 else { throw .system(call: "pthread_sigmask(query)", errno: Errno(rawValue: rc)) }
+        sigdelset(&mask, kickSignal)
+        _ = try kvmCheck("ioctl(KVM_SET_SIGNAL_MASK)", ckvm_set_signal_mask(fd, &mask))
+        kicker.record(thread: thread)
     }
 
     // MARK: registers
 
-    /// General registers (KVM's `struct kvm_regs`).
     /// Calls `body` with the registers KVM synced into `kvm_run` at the last exit, read in
     /// place (no copy of the structures); nil when they are not synced (use `getRegs`/`getSregs`).
     func withSyncedRegisters<T>(_ body: (UnsafePointer<kvm_regs>, UnsafePointer<kvm_sregs>) -> T) -> T? {
-        guard syncedValid, let regsAt = MemoryLayout<kvm_sync_regs>.offset(of: \.regs),
-              let sregsAt = MemoryLayout<kvm_sync_regs>.offset(of: \.sregs) else { return nil }
-        return withUnsafeMutablePointer(to: &runArea.run.pointee.s.regs) { sync in
-            let raw = UnsafeRawPointer(sync)
-            return body(raw.advanced(by: regsAt).assumingMemoryBound(to: kvm_regs.self),
-                        raw.advanced(by: sregsAt).assumingMemoryBound(to: kvm_sregs.self))
-        }
+        guard syncedValid else { return nil }
+        return body(UnsafePointer(runArea.syncedRegs), UnsafePointer(runArea.syncedSregs))
     }
 
+    /// General registers (KVM's `struct kvm_regs`).
     public func getRegs() throws(HarnessError) -> kvm_regs {
-        if syncedValid { return runArea.run.pointee.s.regs.regs }
+        if syncedValid { return runArea.syncedRegs.pointee }
+        return try getRegsThroughIoctl()
+    }
+
+    /// `KVM_GET_REGS`, even when the sync area is in use (tests compare the two).
+    func getRegsThroughIoctl() throws(HarnessError) -> kvm_regs {
         var regs = kvm_regs()
         _ = try kvmCheck("ioctl(KVM_GET_REGS)", ckvm_ioctl_ptr(fd, ckvm_KVM_GET_REGS, &regs))
         return regs
@@ -88,7 +128,7 @@ public final class KVMVCPU: @unchecked Sendable {
 
     public func setRegs(_ regs: kvm_regs) throws(HarnessError) {
         if syncedValid {
-            runArea.run.pointee.s.regs.regs = regs
+            runArea.syncedRegs.pointee = regs
             runArea.run.pointee.kvm_dirty_regs |= ckvm_KVM_SYNC_X86_REGS
             return
         }
@@ -98,7 +138,12 @@ public final class KVMVCPU: @unchecked Sendable {
 
     /// Segment and system registers (KVM's `struct kvm_sregs`).
     public func getSregs() throws(HarnessError) -> kvm_sregs {
-        if syncedValid { return runArea.run.pointee.s.regs.sregs }
+        if syncedValid { return runArea.syncedSregs.pointee }
+        return try getSregsThroughIoctl()
+    }
+
+    /// `KVM_GET_SREGS`, even when the sync area is in use (tests compare the two).
+    func getSregsThroughIoctl() throws(HarnessError) -> kvm_sregs {
         var s = kvm_sregs()
         _ = try kvmCheck("ioctl(KVM_GET_SREGS)", ckvm_ioctl_ptr(fd, ckvm_KVM_GET_SREGS, &s))
         return s
@@ -106,7 +151,7 @@ public final class KVMVCPU: @unchecked Sendable {
 
     public func setSregs(_ sregs: kvm_sregs) throws(HarnessError) {
         if syncedValid {
-            runArea.run.pointee.s.regs.sregs = sregs
+            runArea.syncedSregs.pointee = sregs
             runArea.run.pointee.kvm_dirty_regs |= ckvm_KVM_SYNC_X86_SREGS
             return
         }
@@ -114,18 +159,47 @@ public final class KVMVCPU: @unchecked Sendable {
         _ = try kvmCheck("ioctl(KVM_SET_SREGS)", ckvm_ioctl_ptr(fd, ckvm_KVM_SET_SREGS, &s))
     }
 
+    /// `KVM_GET_VCPU_EVENTS`: pending and injected exceptions, interrupts and NMIs, and the
+    /// STI / MOV SS interrupt shadow.
+    public func getEvents() throws(HarnessError) -> kvm_vcpu_events {
+        var events = kvm_vcpu_events()
+        _ = try kvmCheck("ioctl(KVM_GET_VCPU_EVENTS)", ckvm_ioctl_ptr(fd, ckvm_KVM_GET_VCPU_EVENTS, &events))
+        return events
+    }
+
+    /// `KVM_SET_VCPU_EVENTS`; `events.flags` says which of the optional parts to take.
+    public func setEvents(_ events: kvm_vcpu_events) throws(HarnessError) {
+        var e = events
+        _ = try kvmCheck("ioctl(KVM_SET_VCPU_EVENTS)", ckvm_ioctl_ptr(fd, ckvm_KVM_SET_VCPU_EVENTS, &e))
+    }
+
     /// `KVM_NMI`: queues a non-maskable interrupt.
     public func injectNMI() throws(HarnessError) {
         _ = try kvmCheck("ioctl(KVM_NMI)", ckvm_ioctl_none(fd, ckvm_KVM_NMI))
     }
 
-    /// `KVM_SET_GUEST_DEBUG` with hardware execution breakpoints in DR0–DR3 (at most 4; an empty
-    /// list turns guest debugging off). A hit exits with KVM_EXIT_DEBUG before the instruction runs.
+    // MARK: guest debugging
+
+    /// Hardware execution breakpoints in DR0–DR3 (at most 4; an empty list clears them). A hit
+    /// exits with KVM_EXIT_DEBUG before the instruction runs (`.breakpoint`).
     public func setHardwareBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
         guard addresses.count <= 4 else { throw .invalidArgument("at most 4 hardware breakpoints") }
+        try setGuestDebug(breakpoints: addresses, singleStep: singleStepping)
+    }
+
+    /// Single-stepping (KVM_GUESTDBG_SINGLESTEP): with it on, every KVM_RUN runs one instruction
+    /// and exits with KVM_EXIT_DEBUG, DR6.BS set (`.singleStep`).
+    public func setSingleStep(_ enabled: Bool) throws(HarnessError) {
+        try setGuestDebug(breakpoints: breakpoints, singleStep: enabled)
+    }
+
+    /// One `KVM_SET_GUEST_DEBUG` for both; the recorded state changes only when KVM took it.
+    private func setGuestDebug(breakpoints addresses: [UInt32], singleStep: Bool) throws(HarnessError) {
         var d = kvm_guest_debug()
+        if !addresses.isEmpty || singleStep { d.control = ckvm_KVM_GUESTDBG_ENABLE }
+        if singleStep { d.control |= ckvm_KVM_GUESTDBG_SINGLESTEP }
         if !addresses.isEmpty {
-            d.control = ckvm_KVM_GUESTDBG_ENABLE | ckvm_KVM_GUESTDBG_USE_HW_BP
+            d.control |= ckvm_KVM_GUESTDBG_USE_HW_BP
             var dr7: UInt64 = 0
             withUnsafeMutableBytes(of: &d.arch.debugreg) { b in
                 for (i, a) in addresses.enumerated() {
@@ -136,37 +210,12 @@ public final class KVMVCPU: @unchecked Sendable {
             }
         }
         _ = try kvmCheck("ioctl(KVM_SET_GUEST_DEBUG)", ckvm_ioctl_ptr(fd, ckvm_KVM_SET_GUEST_DEBUG, &d))
+        breakpoints = addresses
+        singleStepping = singleStep
     }
 
-    // MARK: kicking out of KVM_RUN (timeouts)
+    // MARK: port I/O data
 
-    /// Remembers the calling thread as the one that runs this vCPU, so `kick()` can interrupt it,
-    /// and makes sure that thread does not block the kick signal (thread pools often block
-    /// signals; a blocked SIGUSR2 would leave a spinning guest inside KVM_RUN forever).
-    public func bindToCurrentThread() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGUSR2)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
-        threadToKick = pthread_self()
-    }
-
-    /// Makes a running or about-to-run KVM_RUN return: sets `immediate_exit` and signals the vCPU
-    /// thread with SIGUSR2 (whose handler does nothing, so the ioctl returns EINTR).
-    /// Safe to call from another thread.
-    public func kick() {
-        // A byte store into the shared mapping; KVM reads it on entry (KVM_CAP_IMMEDIATE_EXIT).
-        runArea.raw.storeBytes(of: 1, toByteOffset: MemoryLayout<kvm_run>.offset(of: \kvm_run.immediate_exit)!, as: UInt8.self)
-        if let t = threadToKick { pthread_kill(t, SIGUSR2) }
-    }
-
-    private static let handlerInstalled: Bool = {
-        var sa = sigaction()
-        sa.__sigaction_handler.sa_handler = { _ in }
-        sigemptyset(&sa.sa_mask)
-        sa.sa_flags = 0 // no SA_RESTART: KVM_RUN must return EINTR
-        return sigaction(SIGUSR2, &sa, nil) == 0
-    }()
-
-    static func installKickHandler() { _ = handlerInstalled }
+    /// The kvm_run mapping's bytes, for the elements of the last I/O exit.
+    var ioData: UnsafeMutableRawBufferPointer { runArea.bytes }
 }

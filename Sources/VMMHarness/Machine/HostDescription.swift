@@ -16,8 +16,9 @@ public struct HostDescription: Sendable, Codable, Equatable {
     /// Kernel release.
     public var kernel: String
 
-    /// Describes the current host. Opens the KVM device once to see if it is usable.
-    public static func current(devicePath: String = KVMSystem.defaultPath) -> HostDescription {
+    /// Describes the current host. Opens the KVM device at `devicePath` once to see if it is
+    /// usable (callers pass `BackendOptions.kvmDevicePath`; the library reads no environment).
+    public static func current(devicePath: String = "/dev/kvm") -> HostDescription {
         let modules = (try? String(contentsOfFile: "/proc/modules", encoding: .utf8)) ?? ""
         func loaded(_ m: String) -> Bool {
             modules.split(separator: "\n").contains { $0.hasPrefix(m + " ") } || FileManager.default.fileExists(atPath: "/sys/module/\(m)")
@@ -45,13 +46,13 @@ public enum KVMDiagnosis {
     public static func explain(_ error: HarnessError) -> String {
         if case let .kvmUnavailable(path, e) = error {
             switch e {
-            case ENOENT:
+            case .noSuchFileOrDirectory:
                 return "\(path) does not exist (ENOENT): the kvm module is not loaded or virtualization is off; load kvm_intel/kvm_amd or use --backend interpreter"
-            case EACCES, EPERM:
-                return "\(path): permission denied (\(HarnessError.errnoName(e))): add yourself to the group that owns it (often 'kvm') or run as root; --backend interpreter works without it"
-            case ENODEV, ENXIO:
-                return "\(path): no such device (\(HarnessError.errnoName(e))): the CPU or hypervisor offers no virtualization; use --backend interpreter"
-            case EBUSY:
+            case .permissionDenied, .notPermitted:
+                return "\(path): permission denied (\(e.name)): add yourself to the group that owns it (often 'kvm') or run as root; --backend interpreter works without it"
+            case .noSuchDevice, .noSuchDeviceOrAddress:
+                return "\(path): no such device (\(e.name)): the CPU or hypervisor offers no virtualization; use --backend interpreter"
+            case .resourceBusy:
                 return "\(path): busy (EBUSY): another hypervisor holds the virtualization extensions"
             default:
                 return error.description

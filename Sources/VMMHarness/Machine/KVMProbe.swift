@@ -55,14 +55,21 @@ public enum KVMProbe {
         return r.supports(feature)
     }
 
-    public static func run(devicePath: String = KVMSystem.defaultPath) -> ProbeResult {
+    /// Probes the KVM device at `devicePath` (callers pass `BackendOptions.kvmDevicePath`).
+    public static func run(devicePath: String = "/dev/kvm") -> ProbeResult {
         let host = HostDescription.current(devicePath: devicePath)
         var result = ProbeResult(host: host, advice: host.kvmError, capabilities: [:], features: [])
-        guard host.kvmUsable, let sys = try? KVMSystem(path: devicePath) else {
+        func untested(_ why: String) -> ProbeResult {
             for n in [faultFeature, intFeature, iretFeature, pagingFeature, v86Feature, alignmentFeature] {
-                result.features.append(.init(name: n, supported: nil, detail: "not tested: KVM is not usable; the interpreter runs everything"))
+                result.features.append(.init(name: n, supported: nil, detail: "not tested: \(why); the interpreter runs everything"))
             }
             return result
+        }
+        guard host.kvmUsable else { return untested("KVM is not usable") }
+        let sys: KVMSystem
+        do { sys = try KVMSystem(path: devicePath) } catch {
+            result.advice = KVMDiagnosis.explain(error)
+            return untested("KVM did not open again (\(error))")
         }
         result.capabilities = ["SYNC_REGS": Int32(sys.syncRegisterSets), "IMMEDIATE_EXIT": sys.hasImmediateExit ? 1 : 0,
                                "USER_NMI": sys.hasUserNMI ? 1 : 0]
@@ -120,7 +127,8 @@ public enum KVMProbe {
                       judge: (RunReport) -> (Bool, String)) -> ProbeResult.Feature {
         do {
             let memory = try GuestMemory(size: 8 << 20)
-            let backend = try KVMBackend(memory: memory, devicePath: devicePath)
+            // No instruction assist: the probes report what KVM itself does.
+            let backend = try KVMBackend(memory: memory, options: BackendOptions(kvmDevicePath: devicePath), assist: nil)
             let host = HostDescription(kvmFlavour: "", kvmDevice: devicePath, kvmUsable: true, kvmError: nil, cpu: "", kernel: "")
             var options = MachineOptions()
             options.timeout = 2
