@@ -105,8 +105,9 @@ public final class Machine {
         startClock()
         let start = startTime ?? DispatchTime.now().uptimeNanoseconds
         defer { watchdog.cancel() }
-        // The top-level goal ends only by `finish`: errors have been turned into the run's end.
-        _ = try? run(until: .runEnds)
+        // At top level the loop ends by `finish`; a backend error it throws (reading the state
+        // for a host-area exit) ends the run too.
+        do { _ = try run(until: .runEnds) } catch { finish(.backendError, error.description) }
         let end = DispatchTime.now().uptimeNanoseconds
         do {
             report.finalRegisters = RegisterSnapshot(try backend.readState())
