@@ -55,10 +55,12 @@ public enum DeviceBusError: Error, Equatable, Sendable, CustomStringConvertible 
 /// Port lookup is one load from a 64 Ki-entry table: this is on every fault's path (the IDT stubs
 /// exit through ports).
 public final class DeviceBus {
-    private var ports: [any PortDevice] = []
+    // Read on every port exit, written only while devices are attached, on one thread: the
+    // runtime's dynamic exclusivity checks would only cost time.
+    @exclusivity(unchecked) private var ports: [any PortDevice] = []
     /// Index + 1 into `ports` for every port number (0: unclaimed).
-    private var portTable = [UInt8](repeating: 0, count: 0x1_0000)
-    private var mmio: [(range: Range<UInt64>, device: any MMIODevice)] = []
+    @exclusivity(unchecked) private var portTable = [UInt8](repeating: 0, count: 0x1_0000)
+    @exclusivity(unchecked) private var mmio: [(range: Range<UInt64>, device: any MMIODevice)] = []
 
     public init() {}
 

@@ -20,7 +20,7 @@ public final class FaultStubPorts: PortDevice {
 public final class DebugConsole: PortDevice {
     public let name = "debug console"
     /// Everything written so far.
-    public private(set) var output = ""
+    @exclusivity(unchecked) public private(set) var output = ""
     public init() {}
 
     public func write(port: UInt16, size: Int, value: UInt32) -> BusEvent {

@@ -196,10 +196,10 @@ public final class Interpreter {
     var fpuControl: UInt16 = 0x37F
 
     /// Instructions retired (faulting instructions do not count; INT n does).
-    public internal(set) var instructionsExecuted: UInt64 = 0
+    @exclusivity(unchecked) public internal(set) var instructionsExecuted: UInt64 = 0
     /// `instructionsExecuted` value up to which external interrupts are inhibited (STI, MOV SS,
     /// POP SS shadow: the instruction after them completes first).
-    var shadowEnd: UInt64 = 0
+    @exclusivity(unchecked) var shadowEnd: UInt64 = 0
 
     /// Whether external interrupts are inhibited right now by the STI / MOV SS / POP SS shadow
     /// (SDM vol. 3A, 6.8.3): the instruction after them has not completed yet. A virtual PIC

@@ -18,9 +18,9 @@ public final class Machine {
     /// Reads, writes back and resumes fault frames.
     public let frames: FrameCodec
     /// Decides what faults mean (the VMM). Without one, every fault ends the run unhandled.
-    public var faultHandling: (any FaultHandling)?
+    @exclusivity(unchecked) public var faultHandling: (any FaultHandling)?
     /// The virtual PIC: pending hardware interrupts are delivered through the IDT when IF allows.
-    public var interruptController: (any InterruptController)?
+    @exclusivity(unchecked) public var interruptController: (any InterruptController)?
     /// Adds the handler's part (e.g. the VMM's summary) to the report when the run ends.
     public var reportContributor: ((inout RunReport) -> Void)?
 
@@ -173,7 +173,7 @@ public final class Machine {
                 throw .guestProtocol("\(purpose) did not return within \(options.timeout ?? 10) s")
             }
             if let end = try perform(ExitHandling.action(for: exit, bus: bus), goal: goal, purpose: purpose) {
-                return end
+                return (end, procedureEndState)
             }
             if inCall {
                 if !endedBefore, let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
@@ -194,9 +194,11 @@ public final class Machine {
         if finished == nil, interruptController?.pendingVector != nil { deliverPendingInterrupt() }
     }
 
-    /// Carries out `action` for `goal`: the end of the called procedure when it ended, else nil.
+    /// Carries out `action` for `goal`: how the called procedure ended, when it did (its state is
+    /// then in `procedureEndState`), else nil. (No CPU state in the result: this runs on every exit,
+    /// and an optional tuple holding one was copied each time.)
     func perform(_ action: ExitAction, goal: RunGoal, purpose: @autoclosure () -> String)
-        throws(HarnessError) -> (end: GuestCallEnd, state: CPUState)?
+        throws(HarnessError) -> GuestCallEnd?
     {
         let inCall: Bool
         let previous: UInt32?
@@ -233,17 +235,17 @@ public final class Machine {
             }
             if port == Ports.guestCallReturn {
                 guard address == MemoryMap.guestCallReturn else { return nil }
-                var s = st
-                s.eip = MemoryMap.guestCallReturn
-                return (.returned, s)
+                procedureEndState = st
+                procedureEndState.eip = MemoryMap.guestCallReturn
+                return .returned
             }
             guard let previous, address == previous else {
                 throw .guestProtocol("\(purpose()) jumped to the host handler at \(hex(address)), which is not its previous handler")
             }
-            var s = st
-            s.eip = address
-            s.esp &+= 4   // the return address of the call is still on the stack
-            return (.reachedPrevious, s)
+            procedureEndState = st
+            procedureEndState.eip = address
+            procedureEndState.esp &+= 4   // the return address of the call is still on the stack
+            return .reachedPrevious
         case let .breakpoint(address):
             guard inCall else {
                 finish(.backendError, "unexpected breakpoint at \(hex(address))")
@@ -252,9 +254,9 @@ public final class Machine {
             guard let previous, address == previous else {
                 throw .guestProtocol("\(purpose()): unexpected breakpoint at \(hex(address))")
             }
-            var s = try backend.readState()
-            s.esp &+= 4
-            return (.reachedPrevious, s)
+            procedureEndState = try backend.readState()
+            procedureEndState.esp &+= 4
+            return .reachedPrevious
         case let .unclaimedMMIO(address, isWrite, length):
             let at = (try? backend.readState()).map { " at EIP \(hex($0.eip))" } ?? ""
             finish(.mmio, "the guest \(isWrite ? "wrote" : "read") \(length) byte(s) at guest-physical \(hex(address, width: 8)), where there is no memory\(at)")
@@ -297,6 +299,9 @@ public final class Machine {
             watchdog.arm(afterNanoseconds: ns) { [weak kicker] in kicker?.kick() }
         }
     }
+
+    /// The state at the end of the called procedure `perform` saw end.
+    @exclusivity(unchecked) var procedureEndState = CPUState()
 
     /// The deadline of a guest call made after the run ended (nil inside the run, which has its own).
     @exclusivity(unchecked) var callDeadline: UInt64?
