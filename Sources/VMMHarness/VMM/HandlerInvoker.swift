@@ -98,7 +98,11 @@ extension VirtualMachineManager {
     ///
     /// The caller decides what the run means for its dispatch (next handler, end, strict errors).
     /// Nothing here allocates or retains on the untraced path beyond the handler call itself.
-    @inline(__always)
+    ///
+    /// Transparent (inlined before optimization) rather than `@inline(__always)`: inlined late, the
+    /// walk kept a retain of the VMM for its one `FaultHandlerContext`, one retain/release pair
+    /// per dispatch that the chain walk written in one piece did not have.
+    @_transparent
     func runHandler(_ index: Int, role: HandlerRole, registers: inout HandlerRegisters,
                     frame: inout ClientRegisters, frameAddress: UInt32, context: inout FaultHandlerContext,
                     recording: VisitRecording, record: (FaultHandlerVisit) -> Void) throws(HandlerCallError)
