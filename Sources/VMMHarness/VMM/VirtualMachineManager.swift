@@ -41,6 +41,7 @@
 /// - NMI (Get/Set_NMI_Handler_Addr, Hook_NMI_Event, `dispatchNMI`) and the minimal virtual PIC
 ///   (`virtualizeIRQ`, `raiseIRQ`, `dispatchIRQ`) are described where they are declared.
 public final class VirtualMachineManager {
+    /// How the VMM is set up (version, strict rules, the VMM's own handlers, the service table).
     @exclusivity(unchecked) public var configuration: VMMConfiguration
     /// Reads guest strings for Out_Debug_String and Fatal_Error_Handler.
     public var guestMemory: (any GuestStringReader)?
@@ -69,17 +70,18 @@ public final class VirtualMachineManager {
     }
     /// How often `termination` was set: a handler called Fatal_Error_Handler when it changed.
     @exclusivity(unchecked) var terminationCount = 0
+    /// Where the VMM is in its life (the boot phase whose control message is being sent, running, ...).
     public internal(set) var phase: VMMPhase = .notBooted
     /// Control messages and boot/shutdown events, in order.
     public internal(set) var bootLog: [BootEvent] = []
 
-    // The parts. Unchecked exclusivity on what dispatch touches on every fault: the VMM runs on
-    // one thread, and no access to these overlaps another (no inout access to them is held across
-    // a handler call), so the runtime's dynamic exclusivity checks only cost time (about a tenth
-    // of a fault round trip on the interpreter).
+    // The parts. Unchecked exclusivity on what dispatch touches on every fault (the store and
+    // the dispatch state below): the VMM runs on one thread, and no access to these overlaps
+    // another (no inout access to them is held across a handler call), so the runtime's dynamic
+    // exclusivity checks only cost time (about a tenth of a fault round trip on the interpreter).
 
     /// The devices and which one's control procedure runs (DeviceLifecycle.swift).
-    @exclusivity(unchecked) var devices = DeviceRegistry()
+    var devices = DeviceRegistry()
     /// Every hooked handler and the host-area slots (HookStore.swift).
     @exclusivity(unchecked) var store = HookStore()
 
