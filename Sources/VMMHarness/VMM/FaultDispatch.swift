@@ -1,23 +1,3 @@
-/// A fault handler broke the register rules of Hook_VMM_Fault.
-///
-/// Processing: EAX, EBX, ECX, EDX, ESI, EDI may change; EBP, ESP and the segment registers must be
-/// as on entry; in EFLAGS the arithmetic flags (CF, PF, AF, ZF, SF, OF) may change, IF must stay
-/// clear and every other bit must be unchanged. Passing on: every register must be exactly as received.
-public struct RegisterViolation: Equatable, Sendable, Codable, CustomStringConvertible, Error {
-    public var handlerName: String
-    public var handlerAddress: FaultHandlerAddress
-    public var register: String
-    public var old: UInt32
-    public var new: UInt32
-    /// What the handler did when it broke the rule.
-    public var disposition: FaultDisposition
-
-    public var description: String {
-        let verb = disposition == .processed ? "processing" : "passing on"
-        return "\(handlerName) at \(handlerAddress) changed \(register) \(vmmHex(old, 8)) -> \(vmmHex(new, 8)) while \(verb) the fault"
-    }
-}
-
 /// A service called while the VMM was handling a fault (or any time, in the VMM's log).
 public struct ServiceCallRecord: Equatable, Sendable, Codable, CustomStringConvertible {
     public var name: String

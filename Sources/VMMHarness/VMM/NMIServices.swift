@@ -115,9 +115,8 @@ public enum NMIDispatchError: Error, Equatable, Sendable, CustomStringConvertibl
 /// - `dispatchNMI` may run while a fault is being dispatched (an NMI is not maskable); a nested
 ///   NMI is an error. A fault dispatched from inside an NMI handler is `.reentrantDispatch`.
 extension VirtualMachineManager {
-    var nmiCurrentHandler: FaultHandlerAddress {
-        nmiHead.map { nmiRecords[$0].address } ?? VMMHostArea.defaultNMIHandler
-    }
+    /// The current NMI handler: the head of the NMI chain.
+    var nmiCurrentHandler: FaultHandlerAddress { store.records[store.nmiHead].address }
 
     /// Get_NMI_Handler_Addr (0016h): ESI = the current NMI handler (the VMM's default handler,
     /// `VMMHostArea.defaultNMIHandler`, when none was set).
@@ -143,7 +142,7 @@ extension VirtualMachineManager {
         -> FaultHandlerAddress
     {
         let previous = getNMIHandlerAddr()
-        guard let address = allocateSlot(name: name, kind: .host(handler)) else { throw .hostAreaExhausted }
+        guard let address = store.allocateSlot(name: name, kind: .host(handler)) else { throw .hostAreaExhausted }
         try setNMIHandlerAddr(address)
         return previous
     }
@@ -154,9 +153,7 @@ extension VirtualMachineManager {
             throw .nullHandler(service: "Set_NMI_Handler_Addr")
         }
         let (name, kind) = describeHandler(at: address)
-        nmiRecords.append(NMIRecord(address: address, name: name, kind: kind, tier: newHookTier,
-                                    previousAddress: nmiCurrentHandler, previousRecord: nmiHead))
-        nmiHead = nmiRecords.count - 1
+        store.setNMIHandler(address, name: name, kind: kind, tier: store.newHookTier)
     }
 
     /// Hook_NMI_Event (0018h) with a Swift procedure: runs after the last NMI handler, in install
@@ -165,10 +162,13 @@ extension VirtualMachineManager {
         note(ordinal: VMMServiceOrdinal.hookNMIEvent)
         try checkNMIEventPhase()
         // The slot gives the procedure a guest-visible address; hooked as a fault handler it would pass on.
-        guard let address = allocateSlot(name: name, kind: .host({ _, _, _ in .passedOn })) else {
+        guard let address = store.allocateSlot(name: name, kind: .host({ _, _, _ in .passedOn })) else {
             throw .hostAreaExhausted
         }
-        nmiEvents.append(NMIEventRecord(address: address, name: name, kind: .host(handler)))
+        store.addNMIEvent(address, name: name, kind: .host({ registers, frame, context in
+            handler(&registers, &frame, context.vmm)
+            return .processed
+        }))
     }
 
     /// Hook_NMI_Event (0018h) with a procedure address (ESI): a guest procedure.
@@ -183,9 +183,9 @@ extension VirtualMachineManager {
             diagnostics.append(.serviceRefused(service: "Hook_NMI_Event", reason: "procedure address 0"))
             throw .nullHandler(service: "Hook_NMI_Event")
         }
-        let name = guestHandlerNames[address] ?? slot(at: address)?.name
-            ?? currentDevice.map { devices[$0].device.name } ?? "guest NMI event"
-        nmiEvents.append(NMIEventRecord(address: address, name: name, kind: .guest(address)))
+        let name = guestHandlerNames[address] ?? store.slot(at: address)?.name ?? devices.currentName
+            ?? "guest NMI event"
+        store.addNMIEvent(address, name: name, kind: .guest(address))
     }
 
     private func checkNMIEventPhase() throws(NMIServiceError) {
@@ -198,37 +198,16 @@ extension VirtualMachineManager {
         }
     }
 
-    /// Name and kind of the handler at `address`: a host slot's, or a guest handler's.
-    func describeHandler(at address: FaultHandlerAddress) -> (String, FaultHandlerKind) {
-        if let s = slot(at: address) { return (s.name, s.kind) }
-        let name = guestHandlerNames[address] ?? currentDevice.map { devices[$0].device.name } ?? "guest handler"
-        return (name, .guest(address))
-    }
-
     /// The NMI handler chain, current handler first, ending with the VMM's default handler.
     public func nmiHandlerChain() -> [FaultChainEntry] {
-        var out: [FaultChainEntry] = []
-        var cursor = nmiHead
-        while let i = cursor, out.count <= nmiRecords.count {
-            let r = nmiRecords[i]
-            out.append(FaultChainEntry(address: r.address, name: r.name, tier: r.tier, kind: r.kind.label,
-                                       previous: r.previousAddress, owner: nil))
-            cursor = r.previousRecord
-        }
-        out.append(FaultChainEntry(address: VMMHostArea.defaultNMIHandler, name: "VMM", tier: .vmm, kind: "vmm",
-                                   previous: nil, owner: nil))
-        return out
+        store.chain(from: store.nmiHead).map(chainEntry)
     }
 
     /// The Hook_NMI_Event procedures in install (= run) order.
     public var nmiEventProcedures: [NMIEventEntry] {
-        nmiEvents.map {
-            let kind: String
-            switch $0.kind {
-            case .host: kind = "host"
-            case .guest: kind = "guest"
-            }
-            return NMIEventEntry(address: $0.address, name: $0.name, kind: kind)
+        store.nmiEvents.map {
+            NMIEventEntry(address: store.records[$0].address, name: store.records[$0].name,
+                          kind: store.records[$0].kind.label)
         }
     }
 
@@ -240,178 +219,122 @@ extension VirtualMachineManager {
     public func dispatchNMI(frame: inout ClientRegisters, frameAddress: UInt32, entryRegisters: HandlerRegisters)
         throws(NMIDispatchError) -> NMIDispatchOutcome
     {
+        var trace: NMIDispatchTrace? = NMIDispatchTrace(frameAddress: frameAddress, entryFrame: FrameSnapshot(frame),
+                                                        handlers: [], events: [], outcome: "")
+        let end = try walkNMI(frame: &frame, frameAddress: frameAddress, entryRegisters: entryRegisters, trace: &trace)
+        return NMIDispatchOutcome(trace: trace ?? Self.minimalNMITrace(frameAddress), registers: end.registers,
+                                  endedEarlyBy: end.endedEarlyBy, termination: end.termination)
+    }
+
+    /// The trace an error carries when none was being recorded.
+    static func minimalNMITrace(_ frameAddress: UInt32) -> NMIDispatchTrace {
+        NMIDispatchTrace(frameAddress: frameAddress, entryFrame: FrameSnapshot.empty, handlers: [], events: [],
+                         outcome: "")
+    }
+
+    /// The NMI walk behind `dispatchNMI`: the handler chain, then the events. With `trace` nil no
+    /// visit is recorded (errors still carry a trace).
+    func walkNMI(frame: inout ClientRegisters, frameAddress: UInt32, entryRegisters: HandlerRegisters,
+                 trace: inout NMIDispatchTrace?)
+        throws(NMIDispatchError) -> (registers: HandlerRegisters, endedEarlyBy: FaultHandlerAddress?,
+                                     termination: FatalErrorReport?)
+    {
         if nmiDispatchActive { throw .nestedNMI }
-        let saved = (vector: activeVector, name: currentHandlerName, calls: currentVisitCalls,
-                     interrupts: interruptsEnabled, count: reenterCount, depth: reentrantDepth)
         nmiDispatchActive = true
-        activeVector = 0x02
-        interruptsEnabled = false
-        reenterCount += 1
+        // An NMI may interrupt a fault handler: its service calls so far are put back afterwards.
+        let interruptedCalls = currentVisitCalls
+        let saved = enterHandlerContext(vector: 0x02)
         defer {
             nmiDispatchActive = false
             nmiHandlerRunning = false
             nmiServiceViolation = nil
-            activeVector = saved.vector
-            currentHandlerName = saved.name
-            currentVisitCalls = saved.calls
-            interruptsEnabled = saved.interrupts
-            reenterCount = saved.count
-            reentrantDepth = saved.depth
+            leaveHandlerContext(saved)
+            currentVisitCalls = interruptedCalls
         }
-
-        var trace = NMIDispatchTrace(frameAddress: frameAddress, entryFrame: FrameSnapshot(frame), handlers: [],
-                                     events: [], outcome: "")
-        var callRegisters = entryRegisters
-        callRegisters.ebx = currentVM
-        callRegisters.ebp = frameAddress
-        callRegisters.eflags = (callRegisters.eflags & ~EFlags.if) | EFlags.reserved1
+        let recording: VisitRecording = trace == nil ? .none : .all
+        func errorTrace(_ outcome: String) -> NMIDispatchTrace {
+            var t = trace ?? Self.minimalNMITrace(frameAddress)
+            t.outcome = outcome
+            return t
+        }
+        func dispatchError(_ error: HandlerCallError, _ index: Int) -> NMIDispatchError {
+            switch error {
+            case let .threw(message):
+                return .handlerThrew(name: store.records[index].name, message: message)
+            case let .noGuestCallout(a):
+                return .noGuestCallout(handler: a, trace: errorTrace("error: no guest callout for \(a)"))
+            case let .guestCallout(e, a):
+                return .guestCallout(e, handler: a, trace: errorTrace("error: \(e)"))
+            }
+        }
+        let callRegisters = callRegisters(entryRegisters, frameAddress: frameAddress)
         var registers = callRegisters
+        var context = FaultHandlerContext(vector: 0x02, address: FaultHandlerAddress(rawValue: 0), previous: nil,
+                                          vmm: self)
         var endedEarly: FaultHandlerAddress?
         var endLine = ""
 
-        // The handler chain, then the default handler when every handler chained.
-        var cursor = nmiHead
+        // The handler chain, from the current handler to the default handler (the chain's end).
+        var cursor: Int? = store.nmiHead
         var steps = 0
-        var reachedDefault = false
-        while !reachedDefault, endedEarly == nil {
-            let address: FaultHandlerAddress, name: String, kind: FaultHandlerKind, tier: FaultHookTier
-            let previous: FaultHandlerAddress?
-            if let i = cursor, steps <= nmiRecords.count {
-                let r = nmiRecords[i]
-                (address, name, kind, tier, previous) = (r.address, r.name, r.kind, r.tier, r.previousAddress)
-                cursor = r.previousRecord
-                steps += 1
-            } else {
-                (address, name, kind, tier, previous) = (VMMHostArea.defaultNMIHandler, "VMM", .vmmDefault, .vmm, nil)
+        while let index = cursor, steps <= store.records.count {
+            steps += 1
+            let next = store.records[index].previousRecord
+            let run: HandlerRun
+            do {
+                run = try runHandler(index, role: .nmiHandler, registers: &registers, frame: &frame,
+                                     frameAddress: frameAddress, context: &context, recording: recording,
+                                     record: { trace?.handlers.append($0) })
+            } catch {
+                throw dispatchError(error, index)
             }
-            let before = registers
-            let frameBefore = frame
-            var after = registers
-            currentHandlerName = "NMI handler \(name) at \(address)"
-            currentVisitCalls = []
-            nmiServiceViolation = nil
-            let terminationsBefore = terminationCount
-            let disposition: FaultDisposition
-            switch kind {
-            case let .host(proc):
-                nmiHandlerRunning = true
-                do {
-                    disposition = try proc(&after, &frame, FaultHandlerContext(vector: 0x02, address: address,
-                                                                               previous: previous, vmm: self))
-                } catch {
-                    nmiHandlerRunning = false
-                    throw .handlerThrew(name: name, message: "\(error)")
-                }
-                nmiHandlerRunning = false
-            case .vmmDefault:
-                disposition = .processed
-                reachedDefault = true
-            case let .guest(a):
-                guard let callout = guestCallout else {
-                    trace.outcome = "error: no guest callout for \(a)"
-                    throw .noGuestCallout(handler: a, trace: trace)
-                }
-                let call = GuestFaultHandlerCall(vector: 0x02, handler: a, previous: previous, registers: before,
-                                                 frameAddress: frameAddress, role: .nmiHandler)
-                nmiHandlerRunning = true
-                do {
-                    let r = try callout.callGuestFaultHandler(call, frame: &frame)
-                    nmiHandlerRunning = false
-                    after = r.registers
-                    disposition = r.disposition
-                } catch {
-                    nmiHandlerRunning = false
-                    trace.outcome = "error: \(error)"
-                    throw .guestCallout(error, handler: a, trace: trace)
-                }
-            }
-            let violations = Self.checkRules(before: before, after: after, disposition: disposition, name: name,
-                                             address: address)
-            trace.handlers.append(FaultHandlerVisit(
-                address: address, name: name, tier: tier, kind: kind.label, disposition: disposition,
-                registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
-                frameChanges: ValueChange.diff(frameBefore.namedFields, frame.namedFields),
-                violations: violations, serviceCalls: currentVisitCalls))
-            diagnostics.append(contentsOf: violations.map { .registerViolation($0) })
-            if terminationCount != terminationsBefore, let t = termination {
-                trace.outcome = "terminated by \(name): \(t)"
-                return NMIDispatchOutcome(trace: trace, registers: after, endedEarlyBy: address, termination: t)
+            let name = store.records[index].name, address = store.records[index].address
+            if run.terminated, let t = termination {
+                trace?.outcome = "terminated by \(name): \(t)"
+                return (registers, address, t)
             }
             if configuration.strictRegisterRules {
                 if let s = nmiServiceViolation {
-                    trace.outcome = "error: service \(s.service) called from NMI handler \(name)"
-                    throw .serviceCallFromNMIHandler(service: s.service, handler: s.handler, trace: trace)
+                    throw .serviceCallFromNMIHandler(service: s.service, handler: s.handler,
+                                                     trace: errorTrace("error: service \(s.service) called from NMI handler \(name)"))
                 }
-                if let v = violations.first {
-                    trace.outcome = "error: \(v)"
-                    throw .registerViolation(v, trace: trace)
-                }
+                if let v = run.violations.first { throw .registerViolation(v, trace: errorTrace("error: \(v)")) }
             }
-            registers = after
-            if reachedDefault {
+            if case .vmmDefault = store.records[index].kind {
                 endLine = "chain ended at the VMM's default NMI handler"
-            } else if disposition == .processed {
+                break
+            }
+            if run.disposition == .processed {
                 endedEarly = address
                 diagnostics.append(.nmiChainEndedEarly(handler: name, address: address))
                 endLine = "chain ended early: \(name) at \(address) returned instead of jumping to its previous handler"
+                break
             }
+            cursor = next
         }
         let chainRegisters = registers
 
         // The events, in install order, each with fresh entry registers.
-        for event in nmiEvents {
-            let before = callRegisters
-            var after = callRegisters
-            let frameBefore = frame
-            currentHandlerName = "NMI event \(event.name) at \(event.address)"
-            currentVisitCalls = []
-            let terminationsBefore = terminationCount
-            switch event.kind {
-            case let .host(proc):
-                proc(&after, &frame, self)
-            case let .guest(a):
-                guard let callout = guestCallout else {
-                    trace.outcome = "error: no guest callout for \(a)"
-                    throw .noGuestCallout(handler: a, trace: trace)
-                }
-                let call = GuestFaultHandlerCall(vector: 0x02, handler: a, previous: nil, registers: before,
-                                                 frameAddress: frameAddress, role: .nmiEvent)
-                do {
-                    after = try callout.callGuestFaultHandler(call, frame: &frame).registers
-                } catch {
-                    trace.outcome = "error: \(error)"
-                    throw .guestCallout(error, handler: a, trace: trace)
-                }
+        for index in store.nmiEvents {
+            var eventRegisters = callRegisters
+            let run: HandlerRun
+            do {
+                run = try runHandler(index, role: .nmiEvent, registers: &eventRegisters, frame: &frame,
+                                     frameAddress: frameAddress, context: &context, recording: recording,
+                                     record: { trace?.events.append($0) })
+            } catch {
+                throw dispatchError(error, index)
             }
-            let violations = Self.checkRules(before: before, after: after, disposition: .processed, name: event.name,
-                                             address: event.address)
-            trace.events.append(FaultHandlerVisit(
-                address: event.address, name: event.name, tier: .postCriticalInit,
-                kind: event.kind.label, disposition: .processed,
-                registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
-                frameChanges: ValueChange.diff(frameBefore.namedFields, frame.namedFields),
-                violations: violations, serviceCalls: currentVisitCalls))
-            diagnostics.append(contentsOf: violations.map { .registerViolation($0) })
-            if terminationCount != terminationsBefore, let t = termination {
-                trace.outcome = "terminated by NMI event \(event.name): \(t)"
-                return NMIDispatchOutcome(trace: trace, registers: chainRegisters, endedEarlyBy: endedEarly,
-                                          termination: t)
+            if run.terminated, let t = termination {
+                trace?.outcome = "terminated by NMI event \(store.records[index].name): \(t)"
+                return (chainRegisters, endedEarly, t)
             }
-            if configuration.strictRegisterRules, let v = violations.first {
-                trace.outcome = "error: \(v)"
-                throw .registerViolation(v, trace: trace)
+            if configuration.strictRegisterRules, let v = run.violations.first {
+                throw .registerViolation(v, trace: errorTrace("error: \(v)"))
             }
         }
-        trace.outcome = endLine + "; \(nmiEvents.count) event procedure\(nmiEvents.count == 1 ? "" : "s") ran"
-        return NMIDispatchOutcome(trace: trace, registers: chainRegisters, endedEarlyBy: endedEarly, termination: nil)
-    }
-}
-
-extension VirtualMachineManager.NMIEventKind {
-    var label: String {
-        switch self {
-        case .host: return "host"
-        case .guest: return "guest"
-        }
+        let n = store.nmiEvents.count
+        trace?.outcome = endLine + "; \(n) event procedure\(n == 1 ? "" : "s") ran"
+        return (chainRegisters, endedEarly, nil)
     }
 }

@@ -250,7 +250,7 @@ public struct VMMServiceTable: Sendable {
         unhookService(.pm),
         VMMService(name: "Get_VMM_Version", ordinal: VMMServiceOrdinal.getVMMVersion, isAsynchronous: true,
                    contract: "out: AH = major, AL = minor (040Ah = Windows 98), ECX = debug revision; CF clear") { vmm, r in
-            let v = vmm.versionValue
+            let v = vmm.configuration.version
             r.eax = UInt32(v.major) << 8 | UInt32(v.minor)
             r.ecx = v.debugRevision
             r.carry = false
@@ -288,27 +288,8 @@ public struct VMMServiceTable: Sendable {
             vmm.endReentrant(r.ecx)
             return .returned
         },
-        VMMService(name: "Hook_VMM_Fault", ordinal: VMMServiceOrdinal.hookVMMFault, isAsynchronous: false,
-                   contract: "in: EAX = interrupt (not 02h, not above 4Fh), ESI = handler; out: CF clear and ESI = previous handler (0 if none), or CF set and nothing installed") { vmm, r in
-            do {
-                let previous = try vmm.hook(interrupt: r.eax, address: FaultHandlerAddress(r.esi))
-                r.esi = previous?.rawValue ?? 0
-                r.carry = false
-            } catch {
-                r.carry = true
-            }
-            return .returned
-        },
-        VMMService(name: "Unhook_VMM_Fault", ordinal: VMMServiceOrdinal.unhookVMMFault, isAsynchronous: false,
-                   contract: "in: EAX = interrupt, ESI = handler; out: CF clear if removed, CF set if not found") { vmm, r in
-            do {
-                try vmm.unhook(interrupt: r.eax, address: FaultHandlerAddress(r.esi))
-                r.carry = false
-            } catch {
-                r.carry = true
-            }
-            return .returned
-        },
+        hookService(.vmm),
+        unhookService(.vmm),
         VMMService(name: "Fatal_Error_Handler", ordinal: VMMServiceOrdinal.fatalErrorHandler, isAsynchronous: true,
                    contract: "in: ESI = message (NUL-terminated, 0 = none), EAX = exit flags; does not return") { vmm, r in
             .terminate(vmm.fatalError(messageAddress: r.esi, flags: r.eax))

@@ -151,8 +151,8 @@ extension VirtualMachineManager {
         -> VirtualIRQ
     {
         try checkVirtualizable(irq)
-        guard let address = allocateSlot(name: name, kind: .host(handler)) else { throw .hostAreaExhausted }
-        return addVirtualIRQ(irq, name: name, address: address, kind: .host(handler))
+        guard let address = store.allocateSlot(name: name, kind: .host(handler)) else { throw .hostAreaExhausted }
+        return virtualIRQ(store.virtualizeIRQ(irq, address: address, name: name, kind: .host(handler)))
     }
 
     /// VPICD_Virtualize_IRQ with a handler address: guest code (or a host slot from
@@ -164,32 +164,28 @@ extension VirtualMachineManager {
         try checkVirtualizable(irq)
         guard address.rawValue != 0 else { throw .nullHandler }
         let (known, kind) = describeHandler(at: address)
-        return addVirtualIRQ(irq, name: name ?? known, address: address, kind: kind)
+        return virtualIRQ(store.virtualizeIRQ(irq, address: address, name: name ?? known, kind: kind))
     }
 
     /// VPICD_Force_Default_Behavior: ends the virtualization of `irq` (its pending request stays).
     public func forceDefaultBehavior(irq: UInt8) throws(VirtualPICError) {
         guard irq < VirtualPIC.irqCount else { throw .irqOutOfRange(irq) }
-        guard virtualIRQs.removeValue(forKey: irq) != nil else { throw .notVirtualized(irq) }
-        irqKinds[irq] = nil
+        guard store.forceDefaultBehavior(irq) else { throw .notVirtualized(irq) }
     }
 
     private func checkVirtualizable(_ irq: UInt8) throws(VirtualPICError) {
         guard irq < VirtualPIC.irqCount else { throw .irqOutOfRange(irq) }
-        if let v = virtualIRQs[irq] { throw .alreadyVirtualized(irq: irq, by: v.name) }
+        if let i = store.irqHandler(irq) { throw .alreadyVirtualized(irq: irq, by: store.records[i].name) }
     }
 
-    private func addVirtualIRQ(_ irq: UInt8, name: String, address: FaultHandlerAddress, kind: FaultHandlerKind)
-        -> VirtualIRQ
-    {
-        let v = VirtualIRQ(irq: irq, name: name, handler: address, kind: kind.label)
-        virtualIRQs[irq] = v
-        irqKinds[irq] = kind
-        return v
+    /// How an IRQ handler's record is reported.
+    private func virtualIRQ(_ index: Int) -> VirtualIRQ {
+        let r = store.records[index]
+        return VirtualIRQ(irq: r.vector &- VirtualPIC.baseVector, name: r.name, handler: r.address, kind: r.kind.label)
     }
 
     /// The virtualized IRQs, by IRQ number.
-    public var virtualizedIRQs: [VirtualIRQ] { virtualIRQs.keys.sorted().compactMap { virtualIRQs[$0] } }
+    public var virtualizedIRQs: [VirtualIRQ] { store.virtualizedIRQs.map(virtualIRQ) }
 
     /// VPICD_Set_Int_Request: records a request for `irq` (edge: a pending IRQ stays pending once).
     public func raiseIRQ(_ irq: UInt8) throws(VirtualPICError) {
@@ -229,84 +225,81 @@ extension VirtualMachineManager {
     public func dispatchIRQ(_ irq: UInt8? = nil, frame: inout ClientRegisters, frameAddress: UInt32,
                             entryRegisters: HandlerRegisters) throws(IRQDispatchError) -> IRQDispatchOutcome
     {
+        var trace: IRQDispatchTrace? = IRQDispatchTrace(irq: irq, frameAddress: frameAddress,
+                                                        entryFrame: FrameSnapshot(frame), visit: nil, outcome: "")
+        let (result, registers) = try deliverIRQ(irq, frame: &frame, frameAddress: frameAddress,
+                                                 entryRegisters: entryRegisters, trace: &trace)
+        return IRQDispatchOutcome(result: result, trace: trace ?? Self.minimalIRQTrace(irq, frameAddress),
+                                  registers: registers)
+    }
+
+    /// The trace an error carries when none was being recorded.
+    static func minimalIRQTrace(_ irq: UInt8?, _ frameAddress: UInt32) -> IRQDispatchTrace {
+        IRQDispatchTrace(irq: irq, frameAddress: frameAddress, entryFrame: FrameSnapshot.empty, visit: nil, outcome: "")
+    }
+
+    /// The delivery behind `dispatchIRQ`. With `trace` nil no visit is recorded (errors still
+    /// carry a trace).
+    func deliverIRQ(_ irq: UInt8?, frame: inout ClientRegisters, frameAddress: UInt32,
+                    entryRegisters: HandlerRegisters, trace: inout IRQDispatchTrace?)
+        throws(IRQDispatchError) -> (IRQDispatchResult, HandlerRegisters)
+    {
         if let n = irq, n >= VirtualPIC.irqCount { throw .irqOutOfRange(n) }
         if let active = activeVector { throw .reentrantDispatch(irq: irq, activeVector: active) }
-        var trace = IRQDispatchTrace(irq: irq, frameAddress: frameAddress, entryFrame: FrameSnapshot(frame),
-                                     visit: nil, outcome: "")
         guard let n = irq ?? nextPendingIRQ, isIRQPending(n) else {
             let text = "spurious IRQ" + (irq.map { " \($0): no request pending" } ?? ": no request pending")
             diagnostics.append(.unhandledIRQ(text))
-            trace.outcome = text
-            return IRQDispatchOutcome(result: .spurious(irq: irq), trace: trace, registers: entryRegisters)
+            trace?.outcome = text
+            return (.spurious(irq: irq), entryRegisters)
         }
         pendingIRQMask &= ~(1 << UInt16(n))
-        trace.irq = n
+        trace?.irq = n
         let vector = VirtualPIC.baseVector + n
-        guard let v = virtualIRQs[n], let kind = irqKinds[n] else {
+        guard let index = store.irqHandler(n) else {
             let text = "unhandled IRQ \(n) (vector \(vmmHex(vector, 2))h): no device virtualized it"
             diagnostics.append(.unhandledIRQ(text))
-            trace.outcome = text
-            return IRQDispatchOutcome(result: .unvirtualized(irq: n), trace: trace, registers: entryRegisters)
+            trace?.outcome = text
+            return (.unvirtualized(irq: n), entryRegisters)
+        }
+        func errorTrace(_ outcome: String) -> IRQDispatchTrace {
+            var t = trace ?? Self.minimalIRQTrace(n, frameAddress)
+            t.outcome = outcome
+            return t
         }
 
         let saved = enterHandlerContext(vector: vector)
         defer { leaveHandlerContext(saved) }
-        var before = entryRegisters
-        before.eax = v.handle
-        before.ebx = currentVM
-        before.ebp = frameAddress
-        before.eflags = (before.eflags & ~EFlags.if) | EFlags.reserved1
-        var after = before
-        let frameBefore = frame
-        currentHandlerName = "IRQ \(n) handler \(v.name) at \(v.handler)"
-        currentVisitCalls = []
-        let disposition: FaultDisposition
-        switch kind {
-        case let .host(proc):
-            do {
-                disposition = try proc(&after, &frame, FaultHandlerContext(vector: vector, address: v.handler, previous: nil,
-                                                                           vmm: self))
-            } catch {
-                throw .handlerThrew(irq: n, name: v.name, message: "\(error)")
+        // VID_Hw_Int_Proc: EAX = the IRQ handle, and the fault handlers' EBX, EBP and IF.
+        var registers = callRegisters(entryRegisters, frameAddress: frameAddress)
+        registers.eax = UInt32(vector)
+        var context = FaultHandlerContext(vector: vector, address: FaultHandlerAddress(rawValue: 0), previous: nil,
+                                          vmm: self)
+        let run: HandlerRun
+        do {
+            run = try runHandler(index, role: .irq(n), registers: &registers, frame: &frame,
+                                 frameAddress: frameAddress, context: &context, recording: trace == nil ? .none : .all,
+                                 record: { trace?.visit = $0 })
+        } catch {
+            switch error {
+            case let .threw(message):
+                throw .handlerThrew(irq: n, name: store.records[index].name, message: message)
+            case let .noGuestCallout(a):
+                throw .noGuestCallout(handler: a, trace: errorTrace("error: no guest callout for \(a)"))
+            case let .guestCallout(e, a):
+                throw .guestCallout(e, handler: a, trace: errorTrace("error: \(e)"))
             }
-        case .vmmDefault:
-            disposition = .processed
-        case let .guest(a):
-            guard let callout = guestCallout else {
-                trace.outcome = "error: no guest callout for \(a)"
-                throw .noGuestCallout(handler: a, trace: trace)
-            }
-            let call = GuestFaultHandlerCall(vector: vector, handler: a, previous: nil, registers: before,
-                                             frameAddress: frameAddress, role: .irq(n))
-            do {
-                after = try callout.callGuestFaultHandler(call, frame: &frame).registers
-            } catch {
-                trace.outcome = "error: \(error)"
-                throw .guestCallout(error, handler: a, trace: trace)
-            }
-            disposition = after.eflags & EFlags.cf == 0 ? .processed : .passedOn
         }
-        let violations = Self.checkRules(before: before, after: after, disposition: .processed, name: v.name,
-                                         address: v.handler)
-        trace.visit = FaultHandlerVisit(
-            address: v.handler, name: v.name, tier: .postCriticalInit, kind: kind.label, disposition: disposition,
-            registerChanges: ValueChange.diff(before.namedValues, after.namedValues),
-            frameChanges: ValueChange.diff(frameBefore.namedFields, frame.namedFields),
-            violations: violations, serviceCalls: currentVisitCalls)
-        diagnostics.append(contentsOf: violations.map { .registerViolation($0) })
-        if configuration.strictRegisterRules, let violation = violations.first {
-            trace.outcome = "error: \(violation)"
-            throw .registerViolation(violation, trace: trace)
+        if configuration.strictRegisterRules, let violation = run.violations.first {
+            throw .registerViolation(violation, trace: errorTrace("error: \(violation)"))
         }
-        if disposition == .processed {
-            trace.outcome = "processed by \(v.name) at \(v.handler)"
-            return IRQDispatchOutcome(result: .processed(irq: n, by: v.handler, name: v.name), trace: trace,
-                                      registers: after)
+        let name = store.records[index].name, address = store.records[index].address
+        if run.disposition == .processed {
+            trace?.outcome = "processed by \(name) at \(address)"
+            return (.processed(irq: n, by: address, name: name), registers)
         }
-        let text = "IRQ \(n) (vector \(vmmHex(vector, 2))h) not processed by \(v.name) at \(v.handler) (CF set)"
+        let text = "IRQ \(n) (vector \(vmmHex(vector, 2))h) not processed by \(name) at \(address) (CF set)"
         diagnostics.append(.unhandledIRQ(text))
-        trace.outcome = text
-        return IRQDispatchOutcome(result: .notProcessed(irq: n, by: v.handler, name: v.name), trace: trace,
-                                  registers: after)
+        trace?.outcome = text
+        return (.notProcessed(irq: n, by: address, name: name), registers)
     }
 }
