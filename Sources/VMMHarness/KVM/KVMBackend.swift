@@ -114,16 +114,7 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     /// The state last read or written, while it is still what the vCPU holds (cleared by `run`).
     private var knownState: CPUState?
     /// The port I/O exit whose elements are being handed out.
-    private var pendingIO: PendingPortIO?
-
-    /// The elements of one I/O exit still to hand out or answer.
-    private struct PendingPortIO {
-        let io: KVMPortIO
-        /// Elements handed out so far (run() hands out the first with the exit).
-        var handedOut = 1
-        /// IN: elements answered by `completePortIn`.
-        var answered = 0
-    }
+    private var pendingIO: PortIOElements?
 
     /// Creates the VM and vCPU over `memory` on the device `options.kvmDevicePath`, moving
     /// registers as `options.kvmSyncRegisters` says and kicking with `options.kickSignal`.
@@ -207,8 +198,9 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
             knownState = nil
             switch try vcpu.run() {
             case let .io(io):
-                pendingIO = PendingPortIO(io: io)
-                return io.exit(element: 0, in: UnsafeRawBufferPointer(vcpu.ioData))
+                let elements = PortIOElements(io)
+                pendingIO = elements
+                return elements.first(in: UnsafeRawBufferPointer(vcpu.ioData))
             case let .exit(.internalError(suberror, _, bytes)) where suberror == ckvm_KVM_INTERNAL_ERROR_EMULATION && assist != nil:
                 if let exit = try assistRefusedInstruction(bytes) { return exit }
             case let .exit(exit):
@@ -219,18 +211,10 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
 
     /// The next element of the pending I/O exit, or nil (pending I/O done) when KVM must run.
     private func nextPendingElement() -> GuestExit? {
-        guard var p = pendingIO else { return nil }
-        if p.io.isIn && p.answered < p.handedOut {
-            return p.io.exit(element: p.handedOut - 1, in: UnsafeRawBufferPointer(vcpu.ioData))
-        }
-        guard p.handedOut < p.io.count else {
-            pendingIO = nil
-            return nil
-        }
-        let exit = p.io.exit(element: p.handedOut, in: UnsafeRawBufferPointer(vcpu.ioData))
-        p.handedOut += 1
-        pendingIO = p
-        return exit
+        guard var elements = pendingIO else { return nil }
+        let next = elements.next(in: UnsafeRawBufferPointer(vcpu.ioData))
+        pendingIO = next == nil ? nil : elements
+        return next
     }
 
     /// Hands an instruction KVM refused to the assist. Returns the exit for the caller, or nil
@@ -255,14 +239,11 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     }
 
     public func completePortIn(value: UInt32) throws(HarnessError) {
-        guard var p = pendingIO, p.io.isIn else { throw .guestProtocol("completePortIn without a pending IN") }
-        // The element handed out last (answering it again replaces the value).
-        let element = p.handedOut - 1
-        guard p.io.store(value, element: element, in: vcpu.ioData) else {
-            throw .guestProtocol("IN element \(element) is outside the kvm_run mapping")
+        guard var elements = pendingIO, elements.io.isIn else { throw .guestProtocol("completePortIn without a pending IN") }
+        guard elements.answer(value, in: vcpu.ioData) else {
+            throw .guestProtocol("IN element \(elements.handedOut - 1) is outside the kvm_run mapping")
         }
-        p.answered = p.handedOut
-        pendingIO = p
+        pendingIO = elements
     }
 
     /// `KVM_NMI`: KVM delivers it through IDT vector 02h when the guest can take it.
