@@ -66,11 +66,42 @@ struct KVMStringIOTests {
         #expect(s.edi == KVMGuest.buffer + 5)
         #expect(s.ecx == 0)
         #expect(s.eip == KVMGuest.base + UInt32(Self.repInsb.count))
-        // A host that batches (one KVM_EXIT_IO with count > 1, as this project's PVM hosts do) ran
-        // KVM fewer times than there are elements; between the elements the state is the exit's.
-        if backend.statistics.runs < 6 {
-            #expect(Set(states.map(\.eip)).count == 1 && Set(states.map(\.ecx)).count == 1)
+        // Either one KVM_EXIT_IO with count 5 (KVM's emulator reads ahead; between the elements
+        // the state is the exit's) or one exit per element.
+        let counts = Set(states.map(\.ecx)).count
+        #expect(counts == 1 || counts == 5)
+        if TestSupport.host.kvmFlavour == "pvm" {
+            #expect(counts == 1 && Set(states.map(\.eip)).count == 1, "this project's PVM hosts batch rep insb")
         }
+    }
+
+    /// in al, 60h; hlt
+    static let inAL: [UInt8] = [0xE4, 0x60, 0xF4]
+
+    @Test func anAnsweredInIsCompleteAtOnce() throws {
+        let backend = try KVMGuest.make(Self.inAL)
+        #expect(try backend.run(instructionBudget: 1) == .portIn(port: 0x60, size: 1))
+        #expect(try backend.readState().eip == KVMGuest.base)   // the IN waits
+        try backend.completePortIn(value: 0x5A)
+        // As on the interpreter: AL written and EIP past the IN before the guest runs again, so a
+        // state the host writes now keeps them.
+        var s = try backend.readState()
+        #expect(s.eip == KVMGuest.base + 2 && s.eax & 0xFF == 0x5A)
+        s.ebx = 0xB0B0
+        try backend.writeState(s)
+        #expect(try backend.run(instructionBudget: 1) == .halt)
+        let end = try backend.readState()
+        #expect(end.eax & 0xFF == 0x5A && end.ebx == 0xB0B0)
+        #expect(throws: HarnessError.self) { try backend.completePortIn(value: 0) }
+    }
+
+    @Test func aKickWhileKVMFinishesAnInIsKept() throws {
+        let backend = try KVMGuest.make(Self.inAL)
+        #expect(try backend.run(instructionBudget: 1) == .portIn(port: 0x60, size: 1))
+        backend.kick()
+        try backend.completePortIn(value: 0x5A)
+        #expect(try backend.run(instructionBudget: 1) == .interrupted)
+        #expect(try backend.run(instructionBudget: 1) == .halt)
     }
 
     @Test func anUnansweredInElementIsHandedOutAgain() throws {

@@ -26,6 +26,8 @@ public final class KVMVCPU: @unchecked Sendable {
     public var kickSignal: Int32 { kicker.signal }
     /// Whether the sync area holds the registers of the last exit.
     private var syncedValid = false
+    /// `kicker.kickCount` when `run()` last returned `.interrupted`: kicks up to there are reported.
+    private var kicksReported: UInt64 = 0
     /// The hardware breakpoints (DR0–DR3) and single-stepping, set together by KVM_SET_GUEST_DEBUG.
     public private(set) var breakpoints: [UInt32] = []
     public private(set) var singleStepping = false
@@ -48,6 +50,34 @@ public final class KVMVCPU: @unchecked Sendable {
 
     /// `KVM_RUN` once. EINTR (a kick or any signal) is returned as `.interrupted`, never retried here.
     func run() throws(HarnessError) -> KVMExit {
+        let exit = try enterKVM()
+        if exit == .exit(.interrupted) {
+            kicksReported = kicker.kickCount
+            endKick()
+        }
+        return exit
+    }
+
+    /// Lets KVM finish the instruction of the last exit without running the guest: for an IN,
+    /// KVM copies the answered data into the guest (register or memory) and moves EIP on only
+    /// when it is entered again. KVM_RUN with `immediate_exit` set does that and returns EINTR
+    /// before any guest instruction (the way KVM's API documentation gives for completing
+    /// pending I/O). A kick that arrives meanwhile is kept for the next `run()`. Returns the
+    /// exit KVM reported instead of EINTR, if any.
+    func completePendingOperation() throws(HarnessError) -> KVMExit? {
+        // Sound: atomic stores into the mapping the kicker writes too.
+        ckvm_kick_store(runArea.run)
+        let exit: KVMExit
+        do { exit = try enterKVM() } catch {
+            endKick()
+            throw error
+        }
+        endKick()
+        return exit == .exit(.interrupted) ? nil : exit
+    }
+
+    /// One KVM_RUN ioctl, with the sync registers asked for; EINTR/EAGAIN read as `.interrupted`.
+    private func enterKVM() throws(HarnessError) -> KVMExit {
         let thread = CurrentThread.id
         if thread != kicker.recordedThread { try bind(to: thread) }
         let r = runArea.run
@@ -61,24 +91,22 @@ public final class KVMVCPU: @unchecked Sendable {
         syncedValid = usesSyncRegisters
         r.pointee.kvm_dirty_regs = 0
         if rc < 0 {
-            if e == .interrupted || e == .resourceTemporarilyUnavailable {
-                endKick()
-                return .exit(.interrupted)
-            }
+            if e == .interrupted || e == .resourceTemporarilyUnavailable { return .exit(.interrupted) }
             syncedValid = false
             throw .system(call: "ioctl(KVM_RUN)", errno: e)
         }
-        let exit = runArea.decodeExit()
-        if exit == .exit(.interrupted) { endKick() }
-        return exit
+        return runArea.decodeExit()
     }
 
-    /// A kick ended KVM_RUN: clears `immediate_exit` (firecracker does the same) and takes a
-    /// kick signal that the running thread blocks off its pending set, where it would otherwise
-    /// end every following KVM_RUN at once.
+    /// KVM_RUN returned EINTR: clears `immediate_exit` (firecracker does the same), sets it again
+    /// if a kick has not been reported by `run()` yet (it arrived after, or while KVM finished
+    /// an IN), and takes a kick signal that the running thread blocks off its pending set, where
+    /// it would otherwise end every following KVM_RUN at once.
     private func endKick() {
-        // Sound: atomic store into the mapping the kicker writes too.
+        // Sound: atomic stores into the mapping the kicker writes too. Cleared first, then
+        // checked: a kick counts itself before it stores, so none falls between the two.
         ckvm_kick_clear(runArea.run)
+        if kicker.kickCount != kicksReported { ckvm_kick_store(runArea.run) }
         var pending = sigset_t()
         sigemptyset(&pending)
         // sigpending only fails for a bad pointer.
