@@ -95,6 +95,30 @@ struct KVMKickTests {
         #expect(try backend.run(instructionBudget: 1) == .halt)
     }
 
+    @Test func aKickLeftPendingIsTakenWhenTheVCPUCloses() throws {
+        // This thread blocks the signal for the test (restored after), so a kick after the run
+        // waits in its pending set; closing the vCPU on this thread must take it.
+        let signal = TestSupport.backendOptions.kickSignal
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signal)
+        var saved = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &set, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
+        var backend: KVMBackend? = try KVMGuest.make([0xF4])
+        #expect(try backend?.run(instructionBudget: 1) == .halt)
+        backend?.kick()
+        func kickPending() -> Bool {
+            var pending = sigset_t()
+            sigemptyset(&pending)
+            sigpending(&pending)
+            return sigismember(&pending, signal) == 1
+        }
+        #expect(kickPending())
+        backend = nil
+        #expect(backend == nil && !kickPending())
+    }
+
     @Test func theKickHandlerComesAndGoesWithTheVCPUs() throws {
         let signal = SIGUSR1   // no other test uses it
         var sentinel = sigaction()

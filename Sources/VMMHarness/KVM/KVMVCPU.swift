@@ -42,8 +42,11 @@ public final class KVMVCPU: @unchecked Sendable {
     }
 
     deinit {
-        // In this order: no kick signals once detached, then the handler may go.
+        // In this order: no kick signals once detached, then the handler may go. A kick signal
+        // still pending on this thread (it blocks the signal; typically the vCPU thread) is
+        // taken first: after the previous handler is back it could end the process.
         kicker.detach()
+        KVMVCPU.takePendingKickSignal(kicker.signal)
         KickSignalHandler.release(kicker.signal)
         ckvm_close(fd)
     }
@@ -107,16 +110,21 @@ public final class KVMVCPU: @unchecked Sendable {
         // checked: a kick counts itself before it stores, so none falls between the two.
         ckvm_kick_clear(runArea.run)
         if kicker.kickCount != kicksReported { ckvm_kick_store(runArea.run) }
+        KVMVCPU.takePendingKickSignal(kickSignal)
+    }
+
+    /// Takes `signal` off the calling thread's pending set (it is pending only while blocked).
+    private static func takePendingKickSignal(_ signal: Int32) {
         var pending = sigset_t()
         sigemptyset(&pending)
         // sigpending only fails for a bad pointer.
-        guard sigpending(&pending) == 0, sigismember(&pending, kickSignal) == 1 else { return }
+        guard sigpending(&pending) == 0, sigismember(&pending, signal) == 1 else { return }
         var only = sigset_t()
         sigemptyset(&only)
-        sigaddset(&only, kickSignal)
+        sigaddset(&only, signal)
         var now = timespec(tv_sec: 0, tv_nsec: 0)
         // Real-time kick signals queue: take them all. Returns -1/EAGAIN when none is left.
-        while sigtimedwait(&only, nil, &now) == kickSignal {}
+        while sigtimedwait(&only, nil, &now) == signal {}
     }
 
     /// Records the calling thread (kernel id `thread`) as the one that runs the vCPU and gives
