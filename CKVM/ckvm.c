@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -66,7 +67,7 @@ void *ckvm_mmap_shared(int fd, size_t length) {
 int ckvm_munmap(void *addr, size_t length) { return munmap(addr, length); }
 int ckvm_errno(void) { return errno; }
 
-int ckvm_set_signal_mask(int vcpu_fd, const sigset_t *blocked) {
+int ckvm_set_signal_mask(int vcpu_fd, const void *blocked) {
     /* struct kvm_signal_mask ends in a flexible array; the buffer holds the header and 8 bytes. */
     union {
         struct kvm_signal_mask header;

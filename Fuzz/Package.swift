@@ -12,12 +12,16 @@ let package = Package(
         .package(name: "VMMHarness", path: ".."),
     ],
     targets: [
-        // Turns fuzzer bytes into guest states and runs them; shared by both fuzz entry points.
+        // Turns fuzzer bytes into guest states, kvm_run images or guest memory; shared by the fuzz entry points.
         .target(name: "FuzzSupport", dependencies: [.product(name: "VMMHarness", package: "VMMHarness")]),
         // The interpreter alone: decoder and executor from a fuzzed start state.
         .executableTarget(name: "InterpreterFuzz", dependencies: ["FuzzSupport"]),
         // The Machine loop: IDT stubs, frame reading, a fuzzed host handler, resume from the frame.
         .executableTarget(name: "MachineFuzz", dependencies: ["FuzzSupport"]),
+        // The KVM backend's kvm_run exit decoder and string-I/O element hand-out, on raw bytes.
+        .executableTarget(name: "KVMExitFuzz", dependencies: ["FuzzSupport"]),
+        // The guest Device Descriptor Block parser on fuzzed guest memory.
+        .executableTarget(name: "DDBFuzz", dependencies: ["FuzzSupport"]),
     ],
     swiftLanguageVersions: [.v5]
 )

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the interpreter and of the Machine's fault/resume path with libFuzzer
-# (the runtime ships with the Swift toolchain's clang; nothing is downloaded or installed).
+# Coverage-guided fuzzing with libFuzzer (the runtime ships with the Swift toolchain's clang;
+# nothing is downloaded or installed) of four targets: the interpreter, the Machine's fault/resume
+# path, the KVM backend's kvm_run exit decoder (kvm-exit) and the guest DDB parser (ddb).
 #
-#   scripts/fuzz.sh [SECONDS|COUNT] [TARGET]   run TARGET (interpreter|machine|both, default both)
+#   scripts/fuzz.sh [SECONDS|COUNT] [TARGET]   run TARGET (interpreter|machine|kvm-exit|ddb|both|all;
+#                                              default both = interpreter and machine)
 #                                              for SECONDS (e.g. 600s, default 300s) or COUNT inputs
-#   scripts/fuzz.sh --ci                       60 s per target, exits non-zero on a crash/hang/leak
+#   scripts/fuzz.sh --ci                       60 s each for interpreter and machine, 20 s each for
+#                                              kvm-exit and ddb; exits non-zero on a crash/hang/leak
 #   scripts/fuzz.sh --replay FILE... [TARGET]  runs saved inputs once (reproducers)
 #
 # The corpus lives in fuzz-corpus/<target> (ignored by git; seeds are regenerated each run).
@@ -26,8 +29,9 @@ build() {
      -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table \
      -Xswiftc -parse-as-library -Xlinker "$FUZZLIB" -Xlinker -lstdc++ 2>&1 \
      | grep -v "Cannot export local symbol" ) || { echo "fuzz.sh: build failed" >&2; exit 2; }
-  [ -x "$SCRATCH/release/InterpreterFuzz" ] && [ -x "$SCRATCH/release/MachineFuzz" ] \
-    || { echo "fuzz.sh: build produced no fuzzers" >&2; exit 2; }
+  for f in InterpreterFuzz MachineFuzz KVMExitFuzz DDBFuzz; do
+    [ -x "$SCRATCH/release/$f" ] || { echo "fuzz.sh: build produced no $f" >&2; exit 2; }
+  done
 }
 
 # Seeds: a few hand-made inputs per target, so a short CI run starts past the trivial states.
@@ -47,6 +51,37 @@ if t == "interpreter":
     w("paging-write", hdr(4) + b"\xc7\x05\x00\x00\x10\x00\x90\x90\x90\x90\xf4")
     w("movss", hdr(0) + b"\x66\xb8\x10\x00\x8e\xd0\xf4")
     w("irq", hdr(0x40, 0, 0x202) + b"\xfb" + b"\x90" * 8 + b"\xeb\xfe")
+elif t == "kvm-exit":
+    # struct kvm_run: exit_reason at 8, the exit union at 32 (see linux/kvm.h); I/O data on page 2.
+    def run(reason, union=b"", size=4096, tail=b""):
+        b = bytearray(size)
+        b[8:12] = struct.pack("<I", reason)
+        b[32:32 + len(union)] = union
+        b[4096:4096 + len(tail)] = tail
+        return bytes(b)
+    io = lambda d, sz, port, count, off=4096: struct.pack("<BBHIQ", d, sz, port, count, off)
+    w("out", run(2, io(1, 1, 0x80, 1), 8192, b"\x5a"))
+    w("in", run(2, io(0, 4, 0x60, 1), 8192))
+    w("rep-insb", run(2, io(0, 1, 0x1234, 5), 8192))
+    w("rep-outsw", run(2, io(1, 2, 0x70, 3), 8192, b"\x11\x10\x22\x20\x33\x30"))
+    w("io-at-end", run(2, io(1, 4, 0x70, 1024), 8192))
+    w("hlt", run(5))
+    w("mmio", run(6, struct.pack("<Q8sIB", 0xFFFFFFFC, b"\x01\x02\x03\x04\0\0\0\0", 4, 0)))
+    w("emulation-failure", run(17, struct.pack("<II", 1, 4) + struct.pack("<Q", 1) + bytes([2, 0xCD, 0x30]) + bytes(5) + bytes(16)))
+    w("debug-step", run(4, struct.pack("<IIQQQ", 1, 0, 0x100004, 0xFFFF4FF0, 0x400)))
+    w("debug-bp", run(4, struct.pack("<IIQQQ", 1, 0, 0x100004, 0xFFFF0FF1, 0x401)))
+    w("fail-entry", run(9, struct.pack("<QI", 0x21, 0)))
+elif t == "ddb":
+    ddb = bytearray(0x50)
+    ddb[6:8] = struct.pack("<H", 0x7A5F)
+    ddb[8], ddb[9] = 4, 0
+    ddb[0x0C:0x14] = b"SAMPLE  "
+    ddb[0x14:0x1C] = struct.pack("<II", 0x8000000, 0x101000)
+    w("ddb", struct.pack("<IhB", 0x1000, 0, 0) + bytes(ddb))
+    w("ddb-at-end", struct.pack("<IhB", 0xFFD0, 0, 0) + bytes(ddb))
+    w("ddb-before", struct.pack("<IhB", 0x20, -0x40, 0) + bytes(ddb))
+    w("ddb-raw", struct.pack("<IhB", 0x100000, 0, 1) + bytes(ddb))
+    w("bad-name", struct.pack("<IhB", 0x1000, 0, 0) + bytes(0x0C) + b"\x01BADNAME")
 else:
     edits = bytes([16, 2, 0, 0, 0]) * 8
     w("ud2-skip", bytes([0, 0]) + edits + bytes(32) + b"\x0f\x0b\xf4")
@@ -56,7 +91,17 @@ else:
 PY
 }
 
-binary() { case $1 in interpreter) echo "$SCRATCH/release/InterpreterFuzz";; machine) echo "$SCRATCH/release/MachineFuzz";; esac; }
+binary() {
+  case $1 in
+    interpreter) echo "$SCRATCH/release/InterpreterFuzz";;
+    machine) echo "$SCRATCH/release/MachineFuzz";;
+    kvm-exit) echo "$SCRATCH/release/KVMExitFuzz";;
+    ddb) echo "$SCRATCH/release/DDBFuzz";;
+  esac
+}
+
+# Largest input per target: a kvm_run mapping is 3 pages; the others read a few KiB at most.
+max_len() { case $1 in kvm-exit) echo 12288;; ddb) echo 600;; *) echo 4200;; esac; }
 
 run_target() {  # target, libFuzzer limit flag
   local t=$1 limit=$2 art=$ROOT/fuzz-artifacts/$1
@@ -65,27 +110,35 @@ run_target() {  # target, libFuzzer limit flag
   echo "== fuzz $t ($limit) =="
   # -timeout: one input running 10 s is a hang; -rss_limit_mb: a runaway allocation is a finding.
   ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:malloc_context_size=0}" "$(binary "$t")" "$limit" -timeout=10 -rss_limit_mb=4096 \
-     -max_len=4200 -print_final_stats=1 -artifact_prefix="$art/" "$ROOT/fuzz-corpus/$t"
+     -max_len="$(max_len "$t")" -print_final_stats=1 -artifact_prefix="$art/" "$ROOT/fuzz-corpus/$t"
 }
 
-targets() { case ${1:-both} in both) echo interpreter machine;; interpreter|machine) echo "$1";; *) echo "fuzz.sh: unknown target $1" >&2; exit 2;; esac; }
+targets() {
+  case ${1:-both} in
+    both) echo interpreter machine;;
+    all) echo interpreter machine kvm-exit ddb;;
+    interpreter|machine|kvm-exit|ddb) echo "$1";;
+    *) echo "fuzz.sh: unknown target $1" >&2; exit 2;;
+  esac
+}
 
 case "${1:-}" in
   --ci)
     build
-    for t in interpreter machine; do run_target "$t" -max_total_time=60; done ;;
+    for t in interpreter machine; do run_target "$t" -max_total_time=60; done
+    for t in kvm-exit ddb; do run_target "$t" -max_total_time=20; done ;;
   --replay)
     shift
     build
     t=interpreter
     files=()
-    for a in "$@"; do case $a in interpreter|machine) t=$a;; *) files+=("$a");; esac; done
+    for a in "$@"; do case $a in interpreter|machine|kvm-exit|ddb) t=$a;; *) files+=("$a");; esac; done
     ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}" "$(binary "$t")" -runs=1 "${files[@]}" ;;
   *)
     arg=${1:-300s}
     if [[ $arg =~ ^([0-9]+)s$ ]]; then limit=-max_total_time=${BASH_REMATCH[1]}
     elif [[ $arg =~ ^[0-9]+$ ]]; then limit=-runs=$arg
-    else echo "usage: scripts/fuzz.sh [SECONDS s|COUNT] [interpreter|machine|both] | --ci | --replay FILE..." >&2; exit 2; fi
+    else echo "usage: scripts/fuzz.sh [SECONDS s|COUNT] [interpreter|machine|kvm-exit|ddb|both|all] | --ci | --replay FILE... [TARGET]" >&2; exit 2; fi
     build
     for t in $(targets "${2:-both}"); do run_target "$t" "$limit"; done ;;
 esac

@@ -8,7 +8,6 @@
 #ifndef CKVM_H
 #define CKVM_H
 
-#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <linux/kvm.h>
@@ -70,10 +69,11 @@ void *ckvm_mmap_shared(int fd, size_t length);
 int ckvm_munmap(void *addr, size_t length);
 int ckvm_errno(void);
 
-/* KVM_SET_SIGNAL_MASK with `blocked` as the signals blocked while KVM_RUN runs. Builds the
- * variable-length struct kvm_signal_mask (len = 8, the kernel's sigset size on x86-64) from the
- * first 8 bytes of the C library's sigset_t. */
-int ckvm_set_signal_mask(int vcpu_fd, const sigset_t *blocked);
+/* KVM_SET_SIGNAL_MASK with `blocked` (a C library sigset_t) as the signals blocked while KVM_RUN
+ * runs. Builds the variable-length struct kvm_signal_mask (len = 8, the kernel's sigset size on
+ * x86-64) from the first 8 bytes of the sigset_t. Declared with void * so that this header does
+ * not pull <signal.h> into the CKVM module (Swift would then see two owners of SIGUSR2 & co.). */
+int ckvm_set_signal_mask(int vcpu_fd, const void *blocked);
 
 /* kvm_run.immediate_exit, stored atomically (sequentially consistent, then a full fence) because
  * another thread sets it while the vCPU thread may be entering KVM_RUN. */

@@ -59,6 +59,99 @@ import Testing
         #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
     }
 
+    /// Fills in a KVM_EXIT_IO.
+    static func io(_ f: FakeRun, isIn: Bool, size: UInt8, count: UInt32, port: UInt16 = 0x1F0, at offset: UInt64 = 0x800) {
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_IO)
+        f.run.pointee.io.direction = isIn ? ckvm_KVM_EXIT_IO_IN : ckvm_KVM_EXIT_IO_OUT
+        f.run.pointee.io.size = size
+        f.run.pointee.io.port = port
+        f.run.pointee.io.count = count
+        f.run.pointee.io.data_offset = offset
+    }
+
+    @Test func stringOutIsHandedOutElementByElement() {
+        let f = FakeRun()
+        Self.io(f, isIn: false, size: 2, count: 3)
+        for (i, b) in [0x11, 0x10, 0x22, 0x20, 0x33, 0x30, 0x44, 0x40].enumerated() {
+            f.raw.storeBytes(of: UInt8(b), toByteOffset: 0x800 + i, as: UInt8.self)
+        }
+        guard case let .io(io) = KVMRunArea.decodeExit(run: UnsafeRawPointer(f.raw), mappingSize: f.size) else {
+            Issue.record("expected port I/O")
+            return
+        }
+        #expect(io == KVMPortIO(isIn: false, port: 0x1F0, size: 2, count: 3, dataOffset: 0x800))
+        let mapping = UnsafeRawBufferPointer(start: f.raw, count: f.size)
+        var elements = PortIOElements(io)
+        var exits = [elements.first(in: mapping)]
+        while let e = elements.next(in: mapping) { exits.append(e) }
+        #expect(exits == [0x1011, 0x2022, 0x3033].map { .portOut(port: 0x1F0, size: 2, value: $0) })
+        // The public decoder (the fuzz target's entry) hands out the same.
+        let raw = UnsafeRawBufferPointer(start: f.raw, count: f.size)
+        #expect(KVMRunArea.exits(decodingKVMRun: raw) == exits)
+    }
+
+    @Test func stringInElementsAreStoredInOrder() {
+        let f = FakeRun()
+        Self.io(f, isIn: true, size: 4, count: 3, port: 0x60)
+        guard case let .io(io) = KVMRunArea.decodeExit(run: UnsafeRawPointer(f.raw), mappingSize: f.size) else {
+            Issue.record("expected port I/O")
+            return
+        }
+        let mapping = UnsafeMutableRawBufferPointer(start: f.raw, count: f.size)
+        var elements = PortIOElements(io)
+        var exits = [elements.first(in: UnsafeRawBufferPointer(mapping))]
+        // Unanswered: the same element again.
+        #expect(elements.next(in: UnsafeRawBufferPointer(mapping)) == .portIn(port: 0x60, size: 4))
+        var value: UInt32 = 0xA000_0001
+        while true {
+            let stored = elements.answer(value, in: mapping)
+            #expect(stored)
+            value += 1
+            guard let e = elements.next(in: UnsafeRawBufferPointer(mapping)) else { break }
+            exits.append(e)
+        }
+        #expect(exits == Array(repeating: .portIn(port: 0x60, size: 4), count: 3))
+        #expect((0..<3).map { f.raw.load(fromByteOffset: 0x800 + 4 * $0, as: UInt32.self) } == [0xA000_0001, 0xA000_0002, 0xA000_0003])
+        #expect(f.raw.load(fromByteOffset: 0x80C, as: UInt32.self) == 0)
+    }
+
+    @Test func stringIOMustFitTheMapping() {
+        let f = FakeRun()
+        // 0x100 elements of 4 bytes from 0xC04: 4 bytes too many for a 4096-byte mapping.
+        Self.io(f, isIn: false, size: 4, count: 0xFF, at: 0xC04)
+        #expect(f.decode() == .portOut(port: 0x1F0, size: 4, value: 0))
+        Self.io(f, isIn: false, size: 4, count: 0x100, at: 0xC04)
+        #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
+        Self.io(f, isIn: true, size: 1, count: UInt32.max, at: 0)
+        #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
+        Self.io(f, isIn: true, size: 1, count: 1, at: UInt64.max)
+        #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
+        // KVM never reports zero elements, nor sizes other than 1, 2, 4, nor other directions.
+        Self.io(f, isIn: true, size: 1, count: 0)
+        #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
+        Self.io(f, isIn: true, size: 3, count: 1)
+        #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
+        Self.io(f, isIn: true, size: 1, count: 1)
+        f.run.pointee.io.direction = 7
+        #expect(f.decode() == .unknown(reason: UInt32(KVM_EXIT_IO)))
+    }
+
+    @Test func debugExitsTellSingleStepsFromBreakpoints() {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_DEBUG)
+        f.run.pointee.debug.arch.pc = 0x0010_0004
+        f.run.pointee.debug.arch.dr6 = 0xFFFF_0FF1   // B0: DR0 hit
+        #expect(f.decode() == .breakpoint(address: 0x0010_0004))
+        f.run.pointee.debug.arch.dr6 = 0xFFFF_4FF0   // BS
+        #expect(f.decode() == .singleStep(address: 0x0010_0004))
+    }
+
+    @Test func shortOrEmptyInputsDecodeAsZeroFilled() {
+        #expect(KVMRunArea.exits(decodingKVMRun: UnsafeRawBufferPointer(start: nil, count: 0)) == [.unknown(reason: 0)])
+        let hlt: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, UInt8(KVM_EXIT_HLT), 0, 0, 0]
+        #expect(hlt.withUnsafeBytes { KVMRunArea.exits(decodingKVMRun: $0) } == [.halt])
+    }
+
     @Test func ioIn() {
         let f = FakeRun()
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_IO)
@@ -203,5 +296,38 @@ struct InstructionAssistTests {
         let outcome = InterpreterAssist().assist(state: &state, memory: memory)
         #expect(outcome == .completed)
         #expect(state.eip == target)
+    }
+}
+
+@Suite struct ErrnoTests {
+    @Test func namesAndMessages() {
+        #expect(Errno.noSuchFileOrDirectory.name == "ENOENT")
+        #expect(Errno.permissionDenied.name == "EACCES")
+        #expect(Errno.interrupted.name == "EINTR")
+        #expect(Errno.inappropriateIOCTLForDevice.name == "ENOTTY")
+        #expect(Errno(rawValue: ENODEV) == .noSuchDevice)
+        #expect(Errno(rawValue: 4095).name == "errno 4095")
+        #expect(Errno.noSuchFileOrDirectory.description == "ENOENT (No such file or directory)")
+        #expect(HarnessError.system(call: "ioctl(KVM_RUN)", errno: .badAddress).description == "ioctl(KVM_RUN) failed: EFAULT (Bad address)")
+        #expect(HarnessError.kvmUnavailable(path: "/x", errno: .noSuchFileOrDirectory).description
+            == "cannot open /x: ENOENT (No such file or directory)")
+    }
+
+    @Test func diagnosisComparesErrnoValues() {
+        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/k", errno: .noSuchFileOrDirectory)).contains("does not exist (ENOENT)"))
+        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/k", errno: .notPermitted)).contains("permission denied (EPERM)"))
+        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/k", errno: .noSuchDeviceOrAddress)).contains("no such device (ENXIO)"))
+        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/k", errno: .resourceBusy)).contains("busy (EBUSY)"))
+        #expect(KVMDiagnosis.explain(.kvmUnavailable(path: "/k", errno: .ioError)) == "cannot open /k: EIO (Input/output error)")
+    }
+
+    @Test func aMissingDeviceIsReportedWithItsErrnoWithoutKVM() {
+        // Needs no KVM: opening a path that does not exist fails the same everywhere.
+        #expect(throws: HarnessError.kvmUnavailable(path: "/nonexistent/kvm", errno: .noSuchFileOrDirectory)) {
+            try KVMSystem(path: "/nonexistent/kvm")
+        }
+        let host = HostDescription.current(devicePath: "/nonexistent/kvm")
+        #expect(!host.kvmUsable && host.kvmDevice == "/nonexistent/kvm")
+        #expect(host.kvmError?.contains("ENOENT") == true)
     }
 }

@@ -12,8 +12,8 @@ public struct BackendOptions: Sendable, Equatable {
     /// KVM_GET/SET_REGS and _SREGS ioctls).
     public var kvmSyncRegisters: Bool
     /// The signal that kicks a vCPU thread out of KVM_RUN. The harness installs a handler for it
-    /// while a KVM vCPU exists and restores the previous one afterwards; the thread that runs the
-    /// vCPU must not block it.
+    /// while a KVM vCPU exists and restores the previous one afterwards. The thread that runs the
+    /// vCPU may block it: KVM_RUN runs with it unblocked (KVM_SET_SIGNAL_MASK).
     public var kickSignal: Int32
 
     public init(kvmDevicePath: String = "/dev/kvm", kvmSyncRegisters: Bool = true, kickSignal: Int32 = SIGUSR2) {

@@ -114,16 +114,9 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     /// The state last read or written, while it is still what the vCPU holds (cleared by `run`).
     private var knownState: CPUState?
     /// The port I/O exit whose elements are being handed out.
-    private var pendingIO: PendingPortIO?
-
-    /// The elements of one I/O exit still to hand out or answer.
-    private struct PendingPortIO {
-        let io: KVMPortIO
-        /// Elements handed out so far (run() hands out the first with the exit).
-        var handedOut = 1
-        /// IN: elements answered by `completePortIn`.
-        var answered = 0
-    }
+    private var pendingIO: PortIOElements?
+    /// An exit KVM reported while finishing an IN (`completePortIn`), for the next `run()`.
+    private var deferredExit: KVMExit?
 
     /// Creates the VM and vCPU over `memory` on the device `options.kvmDevicePath`, moving
     /// registers as `options.kvmSyncRegisters` says and kicking with `options.kickSignal`.
@@ -197,40 +190,45 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     /// entering KVM. For IN, each call returns `.portIn` for one element and `completePortIn`
     /// stores that element's value; an element not answered is handed out again (as the
     /// interpreter re-executes an unanswered IN). After the last element the next call enters
-    /// KVM, which completes the instruction (for INS, it copies the elements to guest memory).
-    /// `readState` between the elements returns the state of the exit.
+    /// KVM again. `readState` between the elements returns the state of the exit.
     public func run(instructionBudget: Int) throws(HarnessError) -> GuestExit {
         if let next = nextPendingElement() { return next }
+        var exit: KVMExit
+        if let deferred = deferredExit {
+            deferredExit = nil
+            exit = deferred
+        } else {
+            exit = try enterKVM()
+        }
         while true {
-            statistics.runs += 1
-            lastSregs = nil
-            knownState = nil
-            switch try vcpu.run() {
+            switch exit {
             case let .io(io):
-                pendingIO = PendingPortIO(io: io)
-                return io.exit(element: 0, in: UnsafeRawBufferPointer(vcpu.ioData))
+                let elements = PortIOElements(io)
+                pendingIO = elements
+                return elements.first(in: UnsafeRawBufferPointer(vcpu.ioData))
             case let .exit(.internalError(suberror, _, bytes)) where suberror == ckvm_KVM_INTERNAL_ERROR_EMULATION && assist != nil:
                 if let exit = try assistRefusedInstruction(bytes) { return exit }
             case let .exit(exit):
                 return exit
             }
+            exit = try enterKVM()
         }
+    }
+
+    /// One KVM_RUN; the state read before it is stale afterwards.
+    private func enterKVM() throws(HarnessError) -> KVMExit {
+        statistics.runs += 1
+        lastSregs = nil
+        knownState = nil
+        return try vcpu.run()
     }
 
     /// The next element of the pending I/O exit, or nil (pending I/O done) when KVM must run.
     private func nextPendingElement() -> GuestExit? {
-        guard var p = pendingIO else { return nil }
-        if p.io.isIn && p.answered < p.handedOut {
-            return p.io.exit(element: p.handedOut - 1, in: UnsafeRawBufferPointer(vcpu.ioData))
-        }
-        guard p.handedOut < p.io.count else {
-            pendingIO = nil
-            return nil
-        }
-        let exit = p.io.exit(element: p.handedOut, in: UnsafeRawBufferPointer(vcpu.ioData))
-        p.handedOut += 1
-        pendingIO = p
-        return exit
+        guard var elements = pendingIO else { return nil }
+        let next = elements.next(in: UnsafeRawBufferPointer(vcpu.ioData))
+        pendingIO = next == nil ? nil : elements
+        return next
     }
 
     /// Hands an instruction KVM refused to the assist. Returns the exit for the caller, or nil
@@ -254,15 +252,35 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
         }
     }
 
+    /// Answers the IN element `run()` handed out last. After the last element of the exit, KVM
+    /// finishes the instruction at once (without running the guest), so the state read next
+    /// shows it done, as on the interpreter: AL/AX/EAX or the INS destination written, EIP (and
+    /// ESI/EDI/ECX) moved on. State written between an IN exit and this call is lost to KVM's
+    /// completion of the instruction: answer first.
     public func completePortIn(value: UInt32) throws(HarnessError) {
-        guard var p = pendingIO, p.io.isIn else { throw .guestProtocol("completePortIn without a pending IN") }
-        // The element handed out last (answering it again replaces the value).
-        let element = p.handedOut - 1
-        guard p.io.store(value, element: element, in: vcpu.ioData) else {
-            throw .guestProtocol("IN element \(element) is outside the kvm_run mapping")
+        guard var elements = pendingIO, elements.io.isIn else { throw .guestProtocol("completePortIn without a pending IN") }
+        guard elements.answer(value, in: vcpu.ioData) else {
+            throw .guestProtocol("IN element \(elements.handedOut - 1) is outside the kvm_run mapping")
         }
-        p.answered = p.handedOut
-        pendingIO = p
+        pendingIO = elements
+        if elements.answered == elements.io.count {
+            pendingIO = nil
+            try finishPendingIn()
+        }
+    }
+
+    /// Lets KVM complete the IN of the last exit now (one KVM_RUN that runs no guest code).
+    private func finishPendingIn() throws(HarnessError) {
+        statistics.runs += 1
+        lastSregs = nil
+        knownState = nil
+        deferredExit = try vcpu.completePendingOperation()
+    }
+
+    /// Whether an IN element waits for `completePortIn`.
+    private var awaitsInAnswer: Bool {
+        guard let p = pendingIO else { return false }
+        return p.io.isIn && p.answered < p.handedOut
     }
 
     /// `KVM_NMI`: KVM delivers it through IDT vector 02h when the guest can take it.
@@ -275,6 +293,7 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     /// interrupt shadow comes from KVM_GET_VCPU_EVENTS, IF from the state.
     public func deliverExternalInterrupt(vector: UInt8) throws(HarnessError) -> InterruptDelivery {
         guard let assist else { throw .unsupported("external interrupts on the KVM backend without an instruction assist") }
+        guard !awaitsInAnswer else { throw .guestProtocol("an external interrupt while an IN waits for completePortIn") }
         let inhibited = try vcpu.getEvents().interrupt.shadow != 0
         var state = try readState()
         let delivery = assist.deliverInterrupt(vector: vector, state: &state, memory: memory, inhibited: inhibited)
@@ -304,9 +323,15 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
 
     /// Writes the registers and sets the interrupt shadow (as after STI) and NMI-pending bit with
     /// KVM_SET_VCPU_EVENTS, keeping KVM's other event state. Ends any string I/O being handed
-    /// out: the snapshot replaces the instruction it belonged to.
+    /// out: the snapshot replaces the instruction it belonged to (an IN still waiting for its
+    /// answers is first finished by KVM with what it has, so that it cannot land on the
+    /// restored state later).
     public func restoreVCPU(_ snapshot: VCPUSnapshot) throws(HarnessError) {
+        if let p = pendingIO, p.io.isIn {
+            try finishPendingIn()
+        }
         pendingIO = nil
+        deferredExit = nil
         try writeState(snapshot.cpu)
         var events = try vcpu.getEvents()
         events.flags = ckvm_KVM_VCPUEVENT_VALID_SHADOW | ckvm_KVM_VCPUEVENT_VALID_NMI_PENDING

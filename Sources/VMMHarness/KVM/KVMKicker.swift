@@ -26,6 +26,8 @@ public final class KVMKicker: BackendKicker, Sendable {
     /// clears it (under the lock) before it gives up the signal handler, so no kick signal is
     /// sent after the handler may have been restored to something that would end the process.
     private let attached = Mutex<Bool>(true)
+    /// Kicks so far: lets the vCPU tell whether one arrived while it used immediate_exit itself.
+    private let kicks = Atomic<UInt64>(0)
 
     init(runArea: KVMRunArea, signal: Int32) {
         self.runArea = runArea
@@ -34,6 +36,7 @@ public final class KVMKicker: BackendKicker, Sendable {
 
     /// Interrupts the vCPU's current or next `KVM_RUN`. Safe from any thread, any number of times.
     public func kick() {
+        kicks.add(1, ordering: .sequentiallyConsistent)
         // Sound: the mapping outlives this kicker (held above); CKVM stores immediate_exit atomically.
         ckvm_kick_store(runArea.run)
         attached.withLock { attached in
@@ -44,6 +47,9 @@ public final class KVMKicker: BackendKicker, Sendable {
             _ = ckvm_tgkill(thread, signal)
         }
     }
+
+    /// How many kicks there have been.
+    var kickCount: UInt64 { kicks.load(ordering: .sequentiallyConsistent) }
 
     /// The thread recorded as the vCPU's (relaxed: only the vCPU's own `run()` writes it).
     var recordedThread: Int32 { runnerThread.load(ordering: .relaxed) }

@@ -40,6 +40,41 @@ struct KVMPortIO: Equatable, Sendable {
     }
 }
 
+/// Hands out the elements of one port I/O exit in order, one exit per element, as the KVM
+/// backend's `run()` does. Pure: it works on any mapping (the vCPU's, or a test's).
+///
+/// OUT: element 0 comes with the exit, each `next` gives the following one. IN: each element is
+/// handed out as `.portIn` and must be answered (`answer`) before the next; one that was not is
+/// handed out again. `next` returns nil once every element is done: KVM must run again.
+struct PortIOElements: Equatable, Sendable {
+    let io: KVMPortIO
+    /// Elements handed out so far (the first goes out with the exit).
+    private(set) var handedOut = 1
+    /// IN: elements answered so far.
+    private(set) var answered = 0
+
+    init(_ io: KVMPortIO) { self.io = io }
+
+    /// The exit for element 0.
+    func first(in mapping: UnsafeRawBufferPointer) -> GuestExit { io.exit(element: 0, in: mapping) }
+
+    /// The next exit to hand out, or nil when all elements are done.
+    mutating func next(in mapping: UnsafeRawBufferPointer) -> GuestExit? {
+        if io.isIn && answered < handedOut { return io.exit(element: handedOut - 1, in: mapping) }
+        guard handedOut < io.count else { return nil }
+        defer { handedOut += 1 }
+        return io.exit(element: handedOut, in: mapping)
+    }
+
+    /// Stores `value` for the IN element handed out last (again: replaces it). False for an
+    /// OUT or when the element does not fit the mapping.
+    mutating func answer(_ value: UInt32, in mapping: UnsafeMutableRawBufferPointer) -> Bool {
+        guard io.isIn, io.store(value, element: handedOut - 1, in: mapping) else { return false }
+        answered = handedOut
+        return true
+    }
+}
+
 /// An exit decoded once from kvm_run: port I/O keeps its element layout (the backend hands the
 /// elements out one by one), everything else is already the backend-neutral `GuestExit`.
 enum KVMExit: Equatable, Sendable {
@@ -194,11 +229,19 @@ extension KVMRunArea {
         case let .exit(e):
             return [e]
         case let .io(io):
-            var out: [GuestExit] = []
+            // The backend's own hand-out, every IN element answered with `inValue`.
+            let mapping = UnsafeRawBufferPointer(buffer)
+            var elements = PortIOElements(io)
+            var out = [elements.first(in: mapping)]
             out.reserveCapacity(io.count)
-            for i in 0..<io.count {
-                out.append(io.exit(element: i, in: UnsafeRawBufferPointer(buffer)))
-                if io.isIn, !io.store(inValue, element: i, in: buffer) { out.append(.unknown(reason: UInt32(KVM_EXIT_IO))) }
+            while true {
+                if io.isIn, !elements.answer(inValue, in: buffer) {
+                    // Cannot happen for a decoded exit; stop rather than hand the element out forever.
+                    out.append(.unknown(reason: UInt32(KVM_EXIT_IO)))
+                    break
+                }
+                guard let e = elements.next(in: mapping) else { break }
+                out.append(e)
             }
             return out
         }

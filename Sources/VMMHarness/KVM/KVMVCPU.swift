@@ -26,6 +26,8 @@ public final class KVMVCPU: @unchecked Sendable {
     public var kickSignal: Int32 { kicker.signal }
     /// Whether the sync area holds the registers of the last exit.
     private var syncedValid = false
+    /// `kicker.kickCount` when `run()` last returned `.interrupted`: kicks up to there are reported.
+    private var kicksReported: UInt64 = 0
     /// The hardware breakpoints (DR0–DR3) and single-stepping, set together by KVM_SET_GUEST_DEBUG.
     public private(set) var breakpoints: [UInt32] = []
     public private(set) var singleStepping = false
@@ -40,14 +42,45 @@ public final class KVMVCPU: @unchecked Sendable {
     }
 
     deinit {
-        // In this order: no kick signals once detached, then the handler may go.
+        // In this order: no kick signals once detached, then the handler may go. A kick signal
+        // still pending on this thread (it blocks the signal; typically the vCPU thread) is
+        // taken first: after the previous handler is back it could end the process.
         kicker.detach()
+        KVMVCPU.takePendingKickSignal(kicker.signal)
         KickSignalHandler.release(kicker.signal)
         ckvm_close(fd)
     }
 
     /// `KVM_RUN` once. EINTR (a kick or any signal) is returned as `.interrupted`, never retried here.
     func run() throws(HarnessError) -> KVMExit {
+        let exit = try enterKVM()
+        if exit == .exit(.interrupted) {
+            kicksReported = kicker.kickCount
+            endKick()
+        }
+        return exit
+    }
+
+    /// Lets KVM finish the instruction of the last exit without running the guest: for an IN,
+    /// KVM copies the answered data into the guest (register or memory) and moves EIP on only
+    /// when it is entered again. KVM_RUN with `immediate_exit` set does that and returns EINTR
+    /// before any guest instruction (the way KVM's API documentation gives for completing
+    /// pending I/O). A kick that arrives meanwhile is kept for the next `run()`. Returns the
+    /// exit KVM reported instead of EINTR, if any.
+    func completePendingOperation() throws(HarnessError) -> KVMExit? {
+        // Sound: atomic stores into the mapping the kicker writes too.
+        ckvm_kick_store(runArea.run)
+        let exit: KVMExit
+        do { exit = try enterKVM() } catch {
+            endKick()
+            throw error
+        }
+        endKick()
+        return exit == .exit(.interrupted) ? nil : exit
+    }
+
+    /// One KVM_RUN ioctl, with the sync registers asked for; EINTR/EAGAIN read as `.interrupted`.
+    private func enterKVM() throws(HarnessError) -> KVMExit {
         let thread = CurrentThread.id
         if thread != kicker.recordedThread { try bind(to: thread) }
         let r = runArea.run
@@ -61,34 +94,37 @@ public final class KVMVCPU: @unchecked Sendable {
         syncedValid = usesSyncRegisters
         r.pointee.kvm_dirty_regs = 0
         if rc < 0 {
-            if e == .interrupted || e == .resourceTemporarilyUnavailable {
-                endKick()
-                return .exit(.interrupted)
-            }
+            if e == .interrupted || e == .resourceTemporarilyUnavailable { return .exit(.interrupted) }
             syncedValid = false
             throw .system(call: "ioctl(KVM_RUN)", errno: e)
         }
-        let exit = runArea.decodeExit()
-        if exit == .exit(.interrupted) { endKick() }
-        return exit
+        return runArea.decodeExit()
     }
 
-    /// A kick ended KVM_RUN: clears `immediate_exit` (firecracker does the same) and takes a
-    /// kick signal that the running thread blocks off its pending set, where it would otherwise
-    /// end every following KVM_RUN at once.
+    /// KVM_RUN returned EINTR: clears `immediate_exit` (firecracker does the same), sets it again
+    /// if a kick has not been reported by `run()` yet (it arrived after, or while KVM finished
+    /// an IN), and takes a kick signal that the running thread blocks off its pending set, where
+    /// it would otherwise end every following KVM_RUN at once.
     private func endKick() {
-        // Sound: atomic store into the mapping the kicker writes too.
+        // Sound: atomic stores into the mapping the kicker writes too. Cleared first, then
+        // checked: a kick counts itself before it stores, so none falls between the two.
         ckvm_kick_clear(runArea.run)
+        if kicker.kickCount != kicksReported { ckvm_kick_store(runArea.run) }
+        KVMVCPU.takePendingKickSignal(kickSignal)
+    }
+
+    /// Takes `signal` off the calling thread's pending set (it is pending only while blocked).
+    private static func takePendingKickSignal(_ signal: Int32) {
         var pending = sigset_t()
         sigemptyset(&pending)
         // sigpending only fails for a bad pointer.
-        guard sigpending(&pending) == 0, sigismember(&pending, kickSignal) == 1 else { return }
+        guard sigpending(&pending) == 0, sigismember(&pending, signal) == 1 else { return }
         var only = sigset_t()
         sigemptyset(&only)
-        sigaddset(&only, kickSignal)
+        sigaddset(&only, signal)
         var now = timespec(tv_sec: 0, tv_nsec: 0)
         // Real-time kick signals queue: take them all. Returns -1/EAGAIN when none is left.
-        while sigtimedwait(&only, nil, &now) == kickSignal {}
+        while sigtimedwait(&only, nil, &now) == signal {}
     }
 
     /// Records the calling thread (kernel id `thread`) as the one that runs the vCPU and gives
