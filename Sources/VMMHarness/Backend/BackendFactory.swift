@@ -24,3 +24,26 @@ public enum Backends {
         InterpreterAssist()
     }
 }
+
+/// What a KVM device offers, by capability name (`KVM_CAP_*` without the prefix).
+public struct KVMDeviceCapabilities: Sendable, Equatable {
+    /// The register sets kvm_run can sync (`KVM_CAP_SYNC_REGS`).
+    public var syncRegisterSets: UInt32
+    public var immediateExit: Bool
+    public var userNMI: Bool
+
+    /// The capabilities as a name → value table (for reports).
+    public var table: [String: Int32] {
+        ["SYNC_REGS": Int32(bitPattern: syncRegisterSets), "IMMEDIATE_EXIT": immediateExit ? 1 : 0, "USER_NMI": userNMI ? 1 : 0]
+    }
+}
+
+extension Backends {
+    /// Opens the KVM device at `path` (API version 12 checked) and reads its capabilities; the
+    /// error keeps the errno (ENOENT, EACCES, ENODEV ...) for `KVMDiagnosis`.
+    public static func openKVMDevice(path: String) throws(HarnessError) -> KVMDeviceCapabilities {
+        let system = try KVMSystem(path: path)
+        return KVMDeviceCapabilities(syncRegisterSets: system.syncRegisterSets, immediateExit: system.hasImmediateExit,
+                                     userNMI: system.hasUserNMI)
+    }
+}

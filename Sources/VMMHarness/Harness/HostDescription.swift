@@ -27,7 +27,7 @@ public struct HostDescription: Sendable, Codable, Equatable {
         var usable = false
         var err: String?
         do {
-            _ = try KVMSystem(path: devicePath)
+            _ = try Backends.openKVMDevice(path: devicePath)
             usable = true
         } catch {
             err = KVMDiagnosis.explain(error)

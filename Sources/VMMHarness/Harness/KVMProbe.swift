@@ -66,13 +66,12 @@ public enum KVMProbe {
             return result
         }
         guard host.kvmUsable else { return untested("KVM is not usable") }
-        let sys: KVMSystem
-        do { sys = try KVMSystem(path: devicePath) } catch {
+        let capabilities: KVMDeviceCapabilities
+        do { capabilities = try Backends.openKVMDevice(path: devicePath) } catch {
             result.advice = KVMDiagnosis.explain(error)
             return untested("KVM did not open again (\(error))")
         }
-        result.capabilities = ["SYNC_REGS": Int32(sys.syncRegisterSets), "IMMEDIATE_EXIT": sys.hasImmediateExit ? 1 : 0,
-                               "USER_NMI": sys.hasUserNMI ? 1 : 0]
+        result.capabilities = capabilities.table
         let base = MemoryMap.imageBase
         func le(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24)] }
 
@@ -128,7 +127,9 @@ public enum KVMProbe {
         do {
             let memory = try GuestMemory(size: 8 << 20)
             // No instruction assist: the probes report what KVM itself does.
-            let backend = try KVMBackend(memory: memory, options: BackendOptions(kvmDevicePath: devicePath), assist: nil)
+            let initial = Machine.initialState(entry: MemoryMap.imageBase, layout: try RuntimeImage.layout())
+            let backend = try Backends.make(.kvm, memory: memory, initialState: initial,
+                                            options: BackendOptions(kvmDevicePath: devicePath), assist: nil)
             let host = HostDescription(kvmFlavour: "", kvmDevice: devicePath, kvmUsable: true, kvmError: nil, cpu: "", kernel: "")
             var options = MachineOptions()
             options.timeout = 2
