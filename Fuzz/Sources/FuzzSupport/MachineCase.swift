@@ -58,7 +58,7 @@ public enum MachineCase {
             config.vmmCodeRange = MemoryMap.runtimeBase..<MemoryMap.runtimeLimit
             let v = VirtualMachineManager(configuration: config)
             VMMFaultHandling(vmm: v).attach(to: machine)
-            if let devices = try? GuestDevice.discover(in: machine) {
+            if let devices = try? GuestDevice.discover(symbols: machine.image.symbols, memory: machine.memory) {
                 for d in devices { try? v.register(d) }
             }
             if let d = SampleDevices.make("critical-fixer", memory: machine.memory) { try? v.register(d) }
