@@ -88,6 +88,9 @@ extension CPUState {
     }
 }
 
+// The backend's state is touched on every exit by the one thread that runs the vCPU (the
+// kicker, the only part other threads use, is separate and atomic): unchecked exclusivity, as
+// the runtime's dynamic checks cost about as much as the rest of the bookkeeping per exit.
 /// The KVM execution backend: one VM, one vCPU, the guest memory mapped at physical 0.
 ///
 /// - Instruction assist: an instruction KVM's emulator refuses (`KVM_EXIT_INTERNAL_ERROR`,
@@ -101,7 +104,7 @@ extension CPUState {
 public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     public let kind = BackendKind.kvm
     public let memory: GuestMemory
-    public private(set) var statistics = BackendStatistics()
+    @exclusivity(unchecked) public private(set) var statistics = BackendStatistics()
     public let system: KVMSystem
     public let vm: KVMVirtualMachine
     public let vcpu: KVMVCPU
@@ -110,13 +113,13 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
     /// Finishes refused instructions and delivers external interrupts (nil: emulation failures
     /// are returned as `.internalError`, and external interrupts are unsupported).
     private let assist: (any InstructionAssist)?
-    private var lastSregs: kvm_sregs?
+    @exclusivity(unchecked) private var lastSregs: kvm_sregs?
     /// The state last read or written, while it is still what the vCPU holds (cleared by `run`).
-    private var knownState: CPUState?
+    @exclusivity(unchecked) private var knownState: CPUState?
     /// The port I/O exit whose elements are being handed out.
-    private var pendingIO: PortIOElements?
+    @exclusivity(unchecked) private var pendingIO: PortIOElements?
     /// An exit KVM reported while finishing an IN (`completePortIn`), for the next `run()`.
-    private var deferredExit: KVMExit?
+    @exclusivity(unchecked) private var deferredExit: KVMExit?
 
     /// Creates the VM and vCPU over `memory` on the device `options.kvmDevicePath`, moving
     /// registers as `options.kvmSyncRegisters` says and kicking with `options.kickSignal`.

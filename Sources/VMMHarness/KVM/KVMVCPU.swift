@@ -25,12 +25,12 @@ public final class KVMVCPU: @unchecked Sendable {
     /// The kick signal (`BackendOptions.kickSignal`).
     public var kickSignal: Int32 { kicker.signal }
     /// Whether the sync area holds the registers of the last exit.
-    private var syncedValid = false
+    @exclusivity(unchecked) private var syncedValid = false
     /// `kicker.kickCount` when `run()` last returned `.interrupted`: kicks up to there are reported.
-    private var kicksReported: UInt64 = 0
+    @exclusivity(unchecked) private var kicksReported: UInt64 = 0
     /// The hardware breakpoints (DR0–DR3) and single-stepping, set together by KVM_SET_GUEST_DEBUG.
-    public private(set) var breakpoints: [UInt32] = []
-    public private(set) var singleStepping = false
+    @exclusivity(unchecked) public private(set) var breakpoints: [UInt32] = []
+    @exclusivity(unchecked) public private(set) var singleStepping = false
 
     init(vm: KVMVirtualMachine, fd: Int32, run: KVMRunArea, syncSets: UInt32, kickSignal: Int32) {
         self.vm = vm
@@ -54,7 +54,7 @@ public final class KVMVCPU: @unchecked Sendable {
     /// `KVM_RUN` once. EINTR (a kick or any signal) is returned as `.interrupted`, never retried here.
     func run() throws(HarnessError) -> KVMExit {
         let exit = try enterKVM()
-        if exit == .exit(.interrupted) {
+        if case .exit(.interrupted) = exit {
             kicksReported = kicker.kickCount
             endKick()
         }
@@ -76,7 +76,8 @@ public final class KVMVCPU: @unchecked Sendable {
             throw error
         }
         endKick()
-        return exit == .exit(.interrupted) ? nil : exit
+        if case .exit(.interrupted) = exit { return nil }
+        return exit
     }
 
     /// One KVM_RUN ioctl, with the sync registers asked for; EINTR/EAGAIN read as `.interrupted`.
@@ -246,7 +247,13 @@ public final class KVMVCPU: @unchecked Sendable {
             }
         }
         _ = try kvmCheck("ioctl(KVM_SET_GUEST_DEBUG)", ckvm_ioctl_ptr(fd, ckvm_KVM_SET_GUEST_DEBUG, &d))
-        breakpoints = addresses
+        // Copied into storage kept between calls (not shared with the caller's array): a guest
+        // fault handler's breakpoint changes once per handler, and sharing made the caller's
+        // next in-place change copy the array, one allocation per guest handler.
+        if breakpoints != addresses {
+            breakpoints.removeAll(keepingCapacity: true)
+            breakpoints.append(contentsOf: addresses)
+        }
         singleStepping = singleStep
     }
 
