@@ -270,8 +270,9 @@ final class GuestCalloutPort: GuestFaultCallout {
         s.esp = callSite
         // The name is only for error messages: built only when one is.
         let names = vmm.guestHandlerNames
-        let (end, st) = try machine.callGuest(call.handler.rawValue, state: s, previous: call.previous?.rawValue,
-                                              purpose: "fault handler \(names[call.handler] ?? "guest handler \(call.handler)")")
+        let end = try machine.callGuestLeavingState(call.handler.rawValue, state: s, previous: call.previous?.rawValue,
+                                                    purpose: "fault handler \(names[call.handler] ?? "guest handler \(call.handler)")")
+        let st = machine.procedureEndState
         // The handler may have changed the paging state; the frame is found through the one it left.
         frame = try machine.frames.load(at: call.frameAddress, template: frame, pagingState: st)
         var out = HandlerRegisters(st)

@@ -12,6 +12,15 @@ extension Machine {
     public func callGuest(_ entry: UInt32, state: CPUState, previous: UInt32?, purpose makePurpose: @autoclosure () -> String)
         throws(HarnessError) -> (end: GuestCallEnd, state: CPUState)
     {
+        let end = try callGuestLeavingState(entry, state: state, previous: previous, purpose: makePurpose())
+        return (end, procedureEndState)
+    }
+
+    /// `callGuest` for the guest-handler path: the state at the procedure's end is left in
+    /// `procedureEndState` instead of being returned (a CPU state is copied at every return).
+    func callGuestLeavingState(_ entry: UInt32, state: CPUState, previous: UInt32?,
+                               purpose makePurpose: @autoclosure () -> String) throws(HarnessError) -> GuestCallEnd
+    {
         var purpose: String { makePurpose() }
         if finished?.reason == .timeout { throw .guestProtocol("\(purpose): the run timed out") }
         guard guestCallDepth < Machine.maximumGuestCallDepth else {
@@ -56,9 +65,9 @@ extension Machine {
             callDeadline = outerDeadline
             guestCallDepth -= 1
         }
-        let result: (end: GuestCallEnd, state: CPUState)?
+        let result: GuestCallEnd?
         do {
-            result = try run(until: .procedureEnds(previous: previous), purpose: purpose)
+            result = try runToProcedureEnd(previous: previous, purpose: purpose)
         } catch {
             // The outer state comes back even when the call failed; the call's error is what the
             // caller gets, and a failure to restore is noted in the report.

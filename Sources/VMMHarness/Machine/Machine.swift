@@ -153,6 +153,23 @@ public final class Machine {
     public func run(until goal: RunGoal, purpose makePurpose: @autoclosure () -> String = "the guest")
         throws(HarnessError) -> (end: GuestCallEnd, state: CPUState)?
     {
+        switch goal {
+        case .runEnds:
+            _ = try loop(goal, purpose: makePurpose())
+            return nil
+        case let .procedureEnds(previous):
+            guard let end = try runToProcedureEnd(previous: previous, purpose: makePurpose()) else { return nil }
+            return (end, procedureEndState)
+        }
+    }
+
+    /// `run(until: .procedureEnds(previous:))` with the end state left in `procedureEndState`.
+    func runToProcedureEnd(previous: UInt32?, purpose: @autoclosure () -> String) throws(HarnessError) -> GuestCallEnd? {
+        try loop(.procedureEnds(previous: previous), purpose: purpose())
+    }
+
+    /// The loop behind `run(until:)`.
+    private func loop(_ goal: RunGoal, purpose makePurpose: @autoclosure () -> String) throws(HarnessError) -> GuestCallEnd? {
         // Built only for an error message: this is on every guest handler's path.
         var purpose: String { makePurpose() }
         let inCall: Bool
@@ -173,7 +190,7 @@ public final class Machine {
                 throw .guestProtocol("\(purpose) did not return within \(options.timeout ?? 10) s")
             }
             if let end = try perform(ExitHandling.action(for: exit, bus: bus), goal: goal, purpose: purpose) {
-                return (end, procedureEndState)
+                return end
             }
             if inCall {
                 if !endedBefore, let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
