@@ -185,3 +185,15 @@ public struct CPUState: Equatable, Hashable, Sendable {
         }
     }
 }
+
+extension CPUState {
+    /// Takes the system state `other` holds — CR0, CR2, CR3, CR4, GDTR, IDTR, LDTR and TR — and
+    /// keeps everything a Client_Reg_Struc frame holds (general registers, EIP, EFLAGS, segment
+    /// registers). What the VMM's IRET after a handler call restores is the frame; the rest stays
+    /// as the handler left it (a #NM handler's CLTS, a handler's LIDT).
+    public mutating func takeSystemState(of other: CPUState) {
+        cr0 = other.cr0; cr2 = other.cr2; cr3 = other.cr3; cr4 = other.cr4
+        gdtr = other.gdtr; idtr = other.idtr; ldtr = other.ldtr; tr = other.tr
+    }
+}
+

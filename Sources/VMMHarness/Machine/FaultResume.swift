@@ -16,6 +16,7 @@ extension Machine {
         // Faults beyond the listed ones get no record and no trace: the fast path allocates nothing.
         let wanted = report.faults.count < options.maxRecordedFaults
         details.wanted = wanted
+        let callsBefore = guestCallsCompleted
         let resolution: FaultResolution
         if let faultHandling {
             resolution = faultHandling.handleFault(event, frame: &frame, details: &details)
@@ -61,9 +62,20 @@ extension Machine {
             stormCount = 0
         }
         lastFault = (vector, event.frame)
+        // The system state to resume in: the stub's, unless guest handlers ran, which may have
+        // changed it (CR0.TS, CR3, the tables); then the vCPU's now.
+        let base: CPUState
+        if guestCallsCompleted == callsBefore {
+            base = event.stubState
+        } else {
+            do { base = try backend.readState() } catch {
+                finish(.backendError, "\(error)")
+                return
+            }
+        }
         let state: CPUState
         do {
-            state = try frames.resumeState(from: frame, stubState: event.stubState)
+            state = try frames.resumeState(from: frame, stubState: base)
         } catch {
             record?.outcome = "stopped"
             finish(.invalidResume, "the frame left by the handlers cannot be resumed: \(error)")
@@ -71,7 +83,7 @@ extension Machine {
         }
         do {
             // The changed frame is also left in guest memory, where the DDK's frame lives.
-            if frame != event.frame { try frames.store(frame, at: event.frameAddress, pagingState: event.stubState) }
+            if frame != event.frame { try frames.store(frame, at: event.frameAddress, pagingState: base) }
             try backend.writeState(state)
             record?.resumeCS = frame.cs
             record?.resumeEIP = frame.eip

@@ -79,12 +79,18 @@ extension Machine {
             }
             throw error
         }
+        // The caller's registers come back; the system state stays as the procedure left it (a
+        // handler's CLTS, LIDT or MOV CR3 persists, as under the real VMM, whose IRET restores
+        // only what the frame holds).
+        var back = saved
+        back.takeSystemState(of: procedureEndState)
         do {
             if guestCallDepth > 1 { try arm(outerBreakpoint) }
-            try backend.writeState(saved)
+            try backend.writeState(back)
         } catch {
             restoreError = error
         }
+        guestCallsCompleted &+= 1
         if let restoreError { throw restoreError }
         guard let result else { throw .guestProtocol("\(purpose): the run ended") }
         return result

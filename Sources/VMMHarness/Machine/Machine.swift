@@ -317,6 +317,10 @@ public final class Machine {
         }
     }
 
+    /// Guest procedures that ended normally so far (a fault's resume reads the state again when
+    /// its handlers ran guest code, which may have changed the system state).
+    @exclusivity(unchecked) var guestCallsCompleted: UInt64 = 0
+
     /// The state at the end of the called procedure `perform` saw end.
     @exclusivity(unchecked) var procedureEndState = CPUState()
 
