@@ -41,6 +41,9 @@ public enum GuestExit: Equatable, Sendable {
     case breakpoint(address: UInt32)
     /// One instruction ran with single-stepping on (`setSingleStep`); `address` is the next one.
     case singleStep(address: UInt32)
+    /// The guest can take an external interrupt now (IF set, no interrupt shadow), after
+    /// `requestInterruptWindow(true)` (`KVM_EXIT_IRQ_WINDOW_OPEN`).
+    case interruptWindowOpen
     /// An instruction the backend's assist could not finish (a KVM emulation failure that the
     /// interpreter refused too); `why` says what happened.
     case assistFailed(instructionBytes: [UInt8], address: UInt32, why: String)
@@ -144,6 +147,11 @@ public protocol ExecutionBackend: AnyObject {
     /// Delivers an external interrupt on `vector` through the guest's IDT, as the CPU takes one
     /// from the PIC, if the guest accepts interrupts now (IF set, no interrupt shadow).
     func deliverExternalInterrupt(vector: UInt8) throws(HarnessError) -> InterruptDelivery
+    /// With `wanted`, the next instruction boundary at which the guest accepts an external
+    /// interrupt (IF = 1, no STI / MOV SS shadow) ends `run()` with `.interruptWindowOpen`, so a
+    /// request that arrived while IF was clear is delivered just after the instruction that
+    /// follows STI, as the CPU takes it.
+    func requestInterruptWindow(_ wanted: Bool) throws(HarnessError)
     /// Stops execution with `.breakpoint` before the instruction at any of `addresses` (linear,
     /// at most 4, like the debug registers) runs. An empty list clears them. Used to see a guest
     /// fault handler jump to its previous handler.
@@ -169,6 +177,10 @@ extension ExecutionBackend {
 
     public func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
         guard addresses.isEmpty else { throw .unsupported("breakpoints on the \(kind.rawValue) backend") }
+    }
+
+    public func requestInterruptWindow(_ wanted: Bool) throws(HarnessError) {
+        guard !wanted else { throw .unsupported("interrupt windows on the \(kind.rawValue) backend") }
     }
 
     public func setSingleStep(_ enabled: Bool) throws(HarnessError) {

@@ -69,6 +69,17 @@ public final class InterpreterBackend: ExecutionBackend {
             if let stop = interpreter.step() { return Self.exit(for: stop) }
             return .singleStep(address: interpreter.csBase &+ interpreter.eip)
         }
+        if interruptWindowWanted {
+            // One instruction at a time while a request waits for IF (a few instructions: the
+            // STI and the one after it), checking at every boundary.
+            for _ in 0..<max(instructionBudget, 1) {
+                if acceptsInterrupts { return .interruptWindowOpen }
+                let linear = interpreter.csBase &+ interpreter.eip
+                if breakpoints.contains(linear) { return .breakpoint(address: linear) }
+                if let stop = interpreter.step() { return Self.exit(for: stop) }
+            }
+            return acceptsInterrupts ? .interruptWindowOpen : .interrupted
+        }
         let stop: InterpreterStop
         if breakpoints.isEmpty {
             stop = interpreter.run(budget: instructionBudget)
@@ -87,6 +98,18 @@ public final class InterpreterBackend: ExecutionBackend {
             stop = result
         }
         return Self.exit(for: stop)
+    }
+
+    /// Whether `run()` stops at the first boundary where the guest accepts an interrupt.
+    @exclusivity(unchecked) private var interruptWindowWanted = false
+
+    /// Whether an external interrupt would be accepted at this boundary.
+    private var acceptsInterrupts: Bool {
+        interpreter.flags & EFlags.if != 0 && !interpreter.interruptsInhibited && !interpreter.portInPending
+    }
+
+    public func requestInterruptWindow(_ wanted: Bool) throws(HarnessError) {
+        interruptWindowWanted = wanted
     }
 
     /// The exit an interpreter stop is for the machine.

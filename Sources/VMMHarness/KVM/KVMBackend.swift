@@ -211,6 +211,10 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
                 return elements.first(in: UnsafeRawBufferPointer(vcpu.ioData))
             case let .exit(.internalError(suberror, _, bytes)) where suberror == ckvm_KVM_INTERNAL_ERROR_EMULATION && assist != nil:
                 if let exit = try assistRefusedInstruction(bytes) { return exit }
+            case let .exit(.singleStep(address)) where interruptWindowWanted:
+                // The backend's own step towards an interrupt window (see `requestInterruptWindow`).
+                if try interruptWindowIsOpen() { return .interruptWindowOpen }
+                if vcpu.singleStepping { return .singleStep(address: address) }
             case let .exit(exit):
                 return exit
             }
@@ -306,6 +310,27 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
 
     public func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError) {
         try vcpu.setHardwareBreakpoints(addresses)
+    }
+
+    /// While wanted, every KVM_RUN sets `request_interrupt_window` (KVM exits with
+    /// KVM_EXIT_IRQ_WINDOW_OPEN once IF = 1 and no interrupt shadow blocks) and the guest is
+    /// single-stepped, with the window checked after each step: PVM hosts, which emulate every
+    /// instruction, do not report the window before the guest exits for another reason (seen:
+    /// an IRQ raised under CLI ran past STI to the HLT). The steps cost a KVM_RUN each, only
+    /// while a request waits for IF.
+    public func requestInterruptWindow(_ wanted: Bool) throws(HarnessError) {
+        guard wanted != interruptWindowWanted else { return }
+        try vcpu.setWindowStepping(wanted)
+        interruptWindowWanted = wanted
+        vcpu.interruptWindowWanted = wanted
+    }
+
+    @exclusivity(unchecked) private var interruptWindowWanted = false
+
+    /// Whether the guest would take an external interrupt at this boundary.
+    private func interruptWindowIsOpen() throws(HarnessError) -> Bool {
+        guard try readState().eflags & EFlags.if != 0 else { return false }
+        return try vcpu.getEvents().interrupt.shadow == 0
     }
 
     public func setSingleStep(_ enabled: Bool) throws(HarnessError) {

@@ -166,6 +166,8 @@ public final class KVMRunArea: @unchecked Sendable {
                 for i in 0..<len { d |= UInt64(b[i]) << (8 * i) }
             }
             return .exit(.mmio(address: m.phys_addr, isWrite: m.is_write != 0, length: len, data: d))
+        case KVM_EXIT_IRQ_WINDOW_OPEN:
+            return .exit(.interruptWindowOpen)
         case KVM_EXIT_HLT:
             return .exit(.halt)
         case KVM_EXIT_SHUTDOWN:

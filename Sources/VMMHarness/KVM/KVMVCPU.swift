@@ -26,6 +26,9 @@ public final class KVMVCPU: @unchecked Sendable {
     public var kickSignal: Int32 { kicker.signal }
     /// Whether the sync area holds the registers of the last exit.
     @exclusivity(unchecked) private var syncedValid = false
+    /// Whether KVM_RUN asks for an exit when the guest can take an interrupt
+    /// (`request_interrupt_window`; the exit is KVM_EXIT_IRQ_WINDOW_OPEN).
+    @exclusivity(unchecked) var interruptWindowWanted = false
     /// `kicker.kickCount` when `run()` last returned `.interrupted`: kicks up to there are reported.
     @exclusivity(unchecked) private var kicksReported: UInt64 = 0
     /// The hardware breakpoints (DR0–DR3) and single-stepping, set together by KVM_SET_GUEST_DEBUG.
@@ -88,6 +91,8 @@ public final class KVMVCPU: @unchecked Sendable {
         if usesSyncRegisters {
             r.pointee.kvm_valid_regs = ckvm_KVM_SYNC_X86_REGS | ckvm_KVM_SYNC_X86_SREGS
         }
+        // Sound: a plain field of the mapping only this thread writes.
+        r.pointee.request_interrupt_window = interruptWindowWanted ? 1 : 0
         let rc = ckvm_ioctl_none(fd, ckvm_KVM_RUN)
         let e = Errno(rawValue: ckvm_errno())
         // KVM consumed the dirty sync registers and stored the current ones, on every path that
@@ -231,10 +236,25 @@ public final class KVMVCPU: @unchecked Sendable {
     }
 
     /// One `KVM_SET_GUEST_DEBUG` for both; the recorded state changes only when KVM took it.
+    /// Single-stepping for the backend's own use (finding an interrupt window where KVM does not
+    /// report one), apart from what `setSingleStep` asked for.
+    @exclusivity(unchecked) private(set) var windowStepping = false
+
+    /// Turns the backend's own single-stepping on or off (one KVM_SET_GUEST_DEBUG).
+    func setWindowStepping(_ enabled: Bool) throws(HarnessError) {
+        let before = windowStepping
+        windowStepping = enabled
+        do { try setGuestDebug(breakpoints: breakpoints, singleStep: singleStepping) } catch {
+            windowStepping = before
+            throw error
+        }
+    }
+
     private func setGuestDebug(breakpoints addresses: [UInt32], singleStep: Bool) throws(HarnessError) {
         var d = kvm_guest_debug()
-        if !addresses.isEmpty || singleStep { d.control = ckvm_KVM_GUESTDBG_ENABLE }
-        if singleStep { d.control |= ckvm_KVM_GUESTDBG_SINGLESTEP }
+        let stepping = singleStep || windowStepping
+        if !addresses.isEmpty || stepping { d.control = ckvm_KVM_GUESTDBG_ENABLE }
+        if stepping { d.control |= ckvm_KVM_GUESTDBG_SINGLESTEP }
         if !addresses.isEmpty {
             d.control |= ckvm_KVM_GUESTDBG_USE_HW_BP
             var dr7: UInt64 = 0

@@ -56,7 +56,8 @@ public enum ExitHandling {
         case let .assistFailed(bytes, address, why):
             return .finish(reason: .emulationFailure,
                            message: "KVM could not emulate [\(hexBytes(bytes))] at \(hex(address)) and the assist failed: \(why)")
-        case .interrupted:
+        case .interrupted, .interruptWindowOpen:
+            // The loop offers a pending interrupt after every exit (see `Machine.run(until:)`).
             return .resume
         case let .breakpoint(address):
             return .breakpoint(address: address)

@@ -194,7 +194,7 @@ public final class Machine {
             }
             if inCall {
                 if !endedBefore, let f = finished { throw .guestProtocol("\(purpose): \(f.message)") }
-            } else if finished == nil, interruptController?.pendingVector != nil {
+            } else if finished == nil, interruptWindowRequested || interruptController?.pendingVector != nil {
                 deliverPendingInterrupt()
             }
         }
@@ -208,7 +208,7 @@ public final class Machine {
         } catch {
             finish(.backendError, error.description)
         }
-        if finished == nil, interruptController?.pendingVector != nil { deliverPendingInterrupt() }
+        if finished == nil, interruptWindowRequested || interruptController?.pendingVector != nil { deliverPendingInterrupt() }
     }
 
     /// Carries out `action` for `goal`: how the called procedure ended, when it did (its state is
@@ -320,6 +320,9 @@ public final class Machine {
     /// Guest procedures that ended normally so far (a fault's resume reads the state again when
     /// its handlers ran guest code, which may have changed the system state).
     @exclusivity(unchecked) var guestCallsCompleted: UInt64 = 0
+
+    /// Whether the backend has been asked to stop at the next interrupt window.
+    @exclusivity(unchecked) var interruptWindowRequested = false
 
     /// The state at the end of the called procedure `perform` saw end.
     @exclusivity(unchecked) var procedureEndState = CPUState()

@@ -60,17 +60,39 @@ extension Machine {
     /// Delivers the virtual PIC's pending request through the IDT when the guest accepts
     /// interrupts (IF set, no interrupt shadow), as the CPU takes an external interrupt. The stub
     /// for 50h+IRQ then exits to the host like any fault.
+    ///
+    /// A request the guest cannot take yet (IF clear, or the STI shadow) asks the backend for an
+    /// interrupt window, so it is delivered at the first boundary where it can be: just after the
+    /// instruction that follows STI.
     func deliverPendingInterrupt() {
-        guard finished == nil, let vector = interruptController?.pendingVector else { return }
+        guard finished == nil, let vector = interruptController?.pendingVector else {
+            if interruptWindowRequested { setInterruptWindow(false) }
+            return
+        }
         do {
             switch try backend.deliverExternalInterrupt(vector: vector) {
-            case .delivered, .notAccepted:
-                break
+            case .delivered:
+                // Another request may wait behind this one: the window stays open for it.
+                setInterruptWindow(interruptController?.pendingVector != nil)
+            case .notAccepted:
+                setInterruptWindow(true)
             case let .shutdown(reason):
                 finish(.shutdown, reason)
             }
         } catch {
             finish(.backendError, "delivering vector \(hex(vector, width: 2)): \(error)")
+        }
+    }
+
+    /// Asks the backend for (or stops asking for) an interrupt window; a backend without one
+    /// delivers at its next exit instead, as before.
+    private func setInterruptWindow(_ wanted: Bool) {
+        guard wanted != interruptWindowRequested else { return }
+        do {
+            try backend.requestInterruptWindow(wanted)
+            interruptWindowRequested = wanted
+        } catch {
+            report.notes.append("interrupt window: \(error)")
         }
     }
 }
