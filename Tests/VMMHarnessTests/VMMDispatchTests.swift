@@ -148,25 +148,60 @@ import Testing
         }
     }
 
-    @Test func interruptsAreDisabledInsideAndNestedDispatchIsAnError() throws {
+    @Test func interruptsAreDisabledInsideAndFaultsInsideHandlersNest() throws {
         let vmm = VirtualMachineManager()
         try vmm.boot()
         #expect(vmm.interruptsEnabled)
-        var nestedError: FaultDispatchError?
+        var nested: FaultDispatchResult?
+        var countsInside: [UInt32] = []
+        try vmm.hookVMMFault(0x0E, name: "PF") { _, frame, ctx in
+            countsInside.append(ctx.vmm.reenterCount)
+            frame.eax = 0xE
+            return .processed
+        }
         try vmm.hookVMMFault(0x00, name: "A") { _, _, ctx in
             #expect(!ctx.vmm.interruptsEnabled)
+            countsInside.append(ctx.vmm.reenterCount)
+            // A fault raised while this handler runs (the VMM's frame is re-entrant).
             var f = sampleFrame()
             do {
-                _ = try ctx.vmm.dispatchFault(vector: 0x0E, frame: &f, frameAddress: frameAddress,
-                                              entryRegisters: sampleEntryRegisters())
-            } catch let e as FaultDispatchError { nestedError = e } catch { Issue.record("\(error)") }
+                nested = try ctx.vmm.dispatchFault(vector: 0x0E, frame: &f, frameAddress: frameAddress,
+                                                   entryRegisters: sampleEntryRegisters()).result
+            } catch { Issue.record("\(error)") }
+            #expect(f.eax == 0xE)
+            #expect(!ctx.vmm.interruptsEnabled)
             return .processed
         }
         var frame = sampleFrame()
-        _ = try vmm.dispatchFault(vector: 0x00, frame: &frame, frameAddress: frameAddress,
-                                  entryRegisters: sampleEntryRegisters())
-        #expect(nestedError == .reentrantDispatch(vector: 0x0E, activeVector: 0x00))
+        let outer = try vmm.dispatchFault(vector: 0x00, frame: &frame, frameAddress: frameAddress,
+                                          entryRegisters: sampleEntryRegisters())
+        if case let .processed(_, name)? = nested { #expect(name == "PF") } else { Issue.record("nested: \(String(describing: nested))") }
+        if case let .processed(_, name) = outer.result { #expect(name == "A") } else { Issue.record("outer: \(outer.result)") }
+        #expect(countsInside == [1, 2])
         #expect(vmm.interruptsEnabled)
+        #expect(vmm.reenterCount == 0)
+    }
+
+    @Test func faultsNestedTooDeepAreRefusedNamingTheChain() throws {
+        let vmm = VirtualMachineManager()
+        try vmm.boot()
+        var innermost: FaultDispatchError?
+        try vmm.hookVMMFault(0x06, name: "RECURSE") { _, _, ctx in
+            var f = sampleFrame()
+            do {
+                _ = try ctx.vmm.dispatchFault(vector: 0x06, frame: &f, frameAddress: frameAddress,
+                                              entryRegisters: sampleEntryRegisters())
+            } catch let e as FaultDispatchError {
+                if innermost == nil { innermost = e }
+            } catch { Issue.record("\(error)") }
+            return .processed
+        }
+        var frame = sampleFrame()
+        _ = try vmm.dispatchFault(vector: 0x06, frame: &frame, frameAddress: frameAddress,
+                                  entryRegisters: sampleEntryRegisters())
+        let expected = [UInt8](repeating: 0x06, count: VirtualMachineManager.maximumFaultNesting + 1)
+        #expect(innermost == .faultNestingTooDeep(vectors: expected))
+        #expect(vmm.reenterCount == 0 && vmm.interruptsEnabled)
     }
 
     @Test func reenterCountInsideAndOutside() throws {

@@ -90,7 +90,7 @@ struct Observed: Equatable, CustomStringConvertible {
                      let .handlerThrew(_, _, _, t):
                     errorOutcome = t.outcome
                     if mode != .none { visits = t.visits }
-                case .reentrantDispatch:
+                case .reentrantDispatch, .faultNestingTooDeep:
                     break
                 }
             }

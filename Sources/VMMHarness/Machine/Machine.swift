@@ -233,12 +233,10 @@ public final class Machine {
             }
             return nil
         case let .dispatchFault(vector):
-            if inCall && vector != 0x20 {
-                let at = (try? frames.readFault(vector: vector, stubState: backend.readState()))
-                    .map { " at \(hex($0.frame.cs, width: 4, prefix: "")):\(hex($0.frame.eip, prefix: ""))" } ?? ""
-                throw .guestProtocol("\(ExceptionNames.name(vector)) inside \(purpose())\(at)")
-            }
-            handleFault(vector: vector)   // a VMMcall from a called procedure is served too
+            // Inside a called procedure too: a VMMcall is served, and a fault the procedure
+            // raises (a handler that faults) is dispatched through the chains with its own frame
+            // on the procedure's stack; when it is processed the procedure continues.
+            handleFault(vector: vector)
             return nil
         case .runtimeCall:
             handleRuntimeCall()

@@ -9,7 +9,8 @@ extension VirtualMachineManager {
     /// first that processes. If the last handler passes on, the fault is unhandled and the result
     /// carries the Windows fatal-exception report. `frame` is updated with what handlers changed.
     ///
-    /// - Throws: `.reentrantDispatch` when called from inside a handler; `.registerViolation` in
+    /// - Throws: `.reentrantDispatch` when called from inside an NMI handler,
+    ///   `.faultNestingTooDeep` beyond `maximumFaultNesting` faults inside handlers; `.registerViolation` in
     ///   strict mode; `.noGuestCallout`/`.guestCallout` when a guest handler cannot be run.
     public func dispatchFault(vector: UInt8, frame: inout ClientRegisters, frameAddress: UInt32,
                               entryRegisters: HandlerRegisters) throws(FaultDispatchError) -> FaultDispatchOutcome
@@ -55,9 +56,22 @@ extension VirtualMachineManager {
                    entryRegisters: HandlerRegisters, trace: inout FaultDispatchTrace?)
         throws(FaultDispatchError) -> (FaultDispatchResult, HandlerRegisters)
     {
-        if let active = activeVector { throw .reentrantDispatch(vector: vector, activeVector: active) }
+        // A fault raised by ring-0 code while a handler runs (a handler that faults) is
+        // dispatched like any other, with its own frame: the VMM's fault stack frame is
+        // re-entrant. Bounded, so a handler that faults in its own handler cannot recurse forever.
+        if let active = activeVector {
+            // Not inside an NMI handler: it must not fault (and may call no service).
+            if nmiDispatchActive { throw .reentrantDispatch(vector: vector, activeVector: active) }
+            guard faultNesting.count < Self.maximumFaultNesting else {
+                throw .faultNestingTooDeep(vectors: faultNesting + [vector])
+            }
+        }
+        faultNesting.append(vector)
         let saved = enterHandlerContext(vector: vector)
-        defer { leaveHandlerContext(saved) }
+        defer {
+            leaveHandlerContext(saved)
+            faultNesting.removeLast()
+        }
 
         // Asked once: testing the optional trace in the loop copied it on every visit.
         let recording: VisitRecording = trace == nil ? .none : recordsTraces ? .all : .notable

@@ -190,9 +190,13 @@ public struct FaultDispatchOutcome: Equatable, Sendable {
 
 /// Why dispatch stopped with an error instead of a result.
 public enum FaultDispatchError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// A fault was dispatched while a handler was running (handlers run with interrupts disabled
-    /// and the VMM does not nest fault dispatch).
+    /// A dispatch that may not nest was asked for while a handler was running (an IRQ, an NMI),
+    /// or faults nested beyond `VirtualMachineManager.maximumFaultNesting` (`activeVector` is
+    /// the innermost one being dispatched).
     case reentrantDispatch(vector: UInt8, activeVector: UInt8)
+    /// Faults inside fault handlers nested deeper than `VirtualMachineManager.maximumFaultNesting`:
+    /// the vectors from the outermost fault in.
+    case faultNestingTooDeep(vectors: [UInt8])
     /// Strict mode: a handler broke the register rules.
     case registerViolation(RegisterViolation, trace: FaultDispatchTrace)
     /// A guest handler is in the chain but the VMM has no `GuestFaultCallout`.
@@ -208,6 +212,9 @@ public enum FaultDispatchError: Error, Equatable, Sendable, CustomStringConverti
             return "fault handler \(name) at \(h) threw: \(message)"
         case let .reentrantDispatch(v, a):
             return "fault \(vmmHex(v, 2))h raised while dispatching fault \(vmmHex(a, 2))h (nested fault dispatch)"
+        case let .faultNestingTooDeep(vectors):
+            return "faults nested more than \(VirtualMachineManager.maximumFaultNesting) deep inside fault handlers: "
+                + vectors.map { "\(vmmHex($0, 2))h" }.joined(separator: " > ")
         case let .registerViolation(v, _):
             return "register rule violated: \(v)"
         case let .noGuestCallout(h, _):

@@ -113,7 +113,8 @@ public enum NMIDispatchError: Error, Equatable, Sendable, CustomStringConvertibl
 ///   Sys_VM_Init on (the DDK: "initialization only"); address 0 is refused too.
 /// - Set_NMI_Handler_Addr refuses address 0 (nothing changes).
 /// - `dispatchNMI` may run while a fault is being dispatched (an NMI is not maskable); a nested
-///   NMI is an error. A fault dispatched from inside an NMI handler is `.reentrantDispatch`.
+///   NMI is an error. A fault dispatched from inside an NMI handler is `.reentrantDispatch`
+///   (faults inside fault and IRQ handlers nest, see `walkChain`).
 extension VirtualMachineManager {
     /// The current NMI handler: the head of the NMI chain.
     var nmiCurrentHandler: FaultHandlerAddress { store.records[store.nmiHead].address }

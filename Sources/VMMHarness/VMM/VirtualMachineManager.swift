@@ -89,6 +89,11 @@ public final class VirtualMachineManager {
 
     /// The vector being dispatched (fault, 02h for an NMI, 50h + n for IRQ n), nil outside dispatch.
     @exclusivity(unchecked) var activeVector: UInt8?
+    /// The vectors being dispatched now, outermost first (more than one: a fault inside a handler).
+    @exclusivity(unchecked) var faultNesting: [UInt8] = []
+    /// How deep faults inside fault handlers may nest before dispatch refuses
+    /// (`FaultDispatchError.faultNestingTooDeep`).
+    public static let maximumFaultNesting = 16
     /// The record of the handler running now; diagnostics name it (`currentHandlerName`).
     @exclusivity(unchecked) var currentHandlerRecord: Int?
     /// Services the running handler called.
