@@ -158,6 +158,13 @@ public protocol ExecutionBackend: AnyObject {
     func setBreakpoints(_ addresses: [UInt32]) throws(HarnessError)
     /// With `enabled`, every `run()` executes one instruction and returns `.singleStep`.
     func setSingleStep(_ enabled: Bool) throws(HarnessError)
+    /// The guest took #UD from an outer ring at `preFaultState` (the state before the faulting
+    /// instruction, rebuilt from the frame). A host that injects #UD for instructions it cannot
+    /// emulate there (KVM's emulator does at CPL > 0, so a ring-3 INT n on a PVM host arrives as
+    /// #UD) runs the instruction again through its assist from that state and returns the exit it
+    /// led to (`.interrupted` when it simply completed). nil: the #UD stands (the default; the
+    /// interpreter's #UDs are always the CPU's).
+    func reexamineUndefinedOpcode(preFaultState: CPUState) throws(HarnessError) -> GuestExit?
     /// Captures the whole vCPU state.
     func captureVCPU() throws(HarnessError) -> VCPUSnapshot
     /// Restores a state `captureVCPU` returned (on this backend or another).
@@ -186,6 +193,8 @@ extension ExecutionBackend {
     public func setSingleStep(_ enabled: Bool) throws(HarnessError) {
         guard !enabled else { throw .unsupported("single-stepping on the \(kind.rawValue) backend") }
     }
+
+    public func reexamineUndefinedOpcode(preFaultState: CPUState) throws(HarnessError) -> GuestExit? { nil }
 
     public func captureVCPU() throws(HarnessError) -> VCPUSnapshot {
         throw .unsupported("capturing the vCPU on the \(kind.rawValue) backend")

@@ -312,6 +312,28 @@ public final class KVMBackend: ExecutionBackend, @unchecked Sendable {
         try vcpu.setHardwareBreakpoints(addresses)
     }
 
+    /// KVM's emulator turns an instruction it cannot run at CPL > 0 into a #UD injected into the
+    /// guest, with no exit (INT n, INT3, INTO, BOUND, IRET on PVM hosts), so the assist never saw
+    /// it. This runs the instruction in the assist from the state before the #UD: a real #UD
+    /// comes out as the same #UD (delivered by the interpreter, with the same frame), anything
+    /// else as what the instruction really does.
+    public func reexamineUndefinedOpcode(preFaultState: CPUState) throws(HarnessError) -> GuestExit? {
+        guard let assist, preFaultState.cpl > 0, preFaultState.eflags & EFlags.vm == 0 else { return nil }
+        var state = preFaultState
+        switch assist.assist(state: &state, memory: memory) {
+        case .completed:
+            try writeState(state)
+            statistics.assists += 1
+            return .interrupted
+        case let .exit(e):
+            try writeState(state)
+            statistics.assists += 1
+            return e
+        case .failed:
+            return nil
+        }
+    }
+
     /// While wanted, every KVM_RUN sets `request_interrupt_window` (KVM exits with
     /// KVM_EXIT_IRQ_WINDOW_OPEN once IF = 1 and no interrupt shadow blocks) and the guest is
     /// single-stepped, with the window checked after each step: PVM hosts, which emulate every

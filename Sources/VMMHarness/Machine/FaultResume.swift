@@ -9,6 +9,23 @@ extension Machine {
             finish(.invalidResume, "fault \(hex(vector, width: 2)): \(error)")
             return
         }
+        // A #UD from an outer ring may be one the host injected for an instruction its
+        // emulator lacks (KVM at CPL > 0): the backend runs it again from the state before it,
+        // and what that led to is handled instead (once: a real #UD comes back as itself).
+        if vector == 0x06, event.ring != 0, !reexaminingUndefinedOpcode, event.frame.eflags & EFlags.vm == 0,
+           let before = try? frames.resumeState(from: event.frame, stubState: event.stubState) {
+            do {
+                if let exit = try backend.reexamineUndefinedOpcode(preFaultState: before) {
+                    reexaminingUndefinedOpcode = true
+                    defer { reexaminingUndefinedOpcode = false }
+                    _ = try perform(ExitHandling.action(for: exit, bus: bus), goal: .runEnds, purpose: "the guest")
+                    return
+                }
+            } catch {
+                finish(.backendError, "re-running the instruction behind a #UD at \(hex(event.frame.eip)): \(error)")
+                return
+            }
+        }
         let index = report.faultCount
         report.faultCount += 1
         var frame = event.frame

@@ -319,6 +319,9 @@ public final class Machine {
     /// its handlers ran guest code, which may have changed the system state).
     @exclusivity(unchecked) var guestCallsCompleted: UInt64 = 0
 
+    /// Set while the exit of a re-run #UD instruction is handled (see `handleFault`).
+    @exclusivity(unchecked) var reexaminingUndefinedOpcode = false
+
     /// Whether the backend has been asked to stop at the next interrupt window.
     @exclusivity(unchecked) var interruptWindowRequested = false
 
