@@ -38,6 +38,7 @@ public enum KVMProbe {
     public static let faultFeature = "protected-mode fault delivery"
     public static let intFeature = "protected-mode INT n"
     public static let iretFeature = "protected-mode IRET"
+    public static let ring3IntFeature = "ring-3 INT n"
     public static let pagingFeature = "32-bit paging"
     public static let v86Feature = "V86 mode"
     public static let alignmentFeature = "alignment check (#AC)"
@@ -60,7 +61,7 @@ public enum KVMProbe {
         let host = HostDescription.current(devicePath: devicePath)
         var result = ProbeResult(host: host, advice: host.kvmError, capabilities: [:], features: [])
         func untested(_ why: String) -> ProbeResult {
-            for n in [faultFeature, intFeature, iretFeature, pagingFeature, v86Feature, alignmentFeature] {
+            for n in [faultFeature, intFeature, ring3IntFeature, iretFeature, pagingFeature, v86Feature, alignmentFeature] {
                 result.features.append(.init(name: n, supported: nil, detail: "not tested: \(why); the interpreter runs everything"))
             }
             return result
@@ -83,6 +84,17 @@ public enum KVMProbe {
         result.features.append(probe(intFeature, [0xCD, 0x30, 0xF4], devicePath) { r in
             if r.faults.first?.vector == 0x30 { return (true, "INT 30h reached its stub") }
             if r.exit.reason == .emulationFailure { return (false, "emulation failure at INT 30h; the harness finishes INT n with the interpreter (instruction assist)") }
+            return (false, summary(r))
+        })
+        // Ring 3 through the control port (EAX = 1, ECX = target, EDX = stack, ESI = EFLAGS), then
+        // INT 30h there (its gate has DPL 3).
+        let ring3Int: [UInt8] = [0xB8] + le(1) + [0xB9] + le(base + 22) + [0xBA] + le(MemoryMap.ring3StackTop) +
+            [0xBE] + le(2) + [0xE6, UInt8(Ports.control), 0xCD, 0x30, 0xEB, 0xFE]
+        result.features.append(probe(ring3IntFeature, ring3Int, devicePath) { r in
+            if r.faults.first?.vector == 0x30 { return (true, "INT 30h from ring 3 reached its stub") }
+            if r.faults.first?.vector == 0x06 {
+                return (false, "KVM injected #UD for INT 30h at CPL 3 (no exit); the harness runs ring-3 #UDs again in the instruction assist")
+            }
             return (false, summary(r))
         })
         // PUSHFD; PUSH CS; PUSH target; IRETD; target: HLT
