@@ -26,6 +26,7 @@ public final class VMMFaultHandling: FaultHandling, GuestFaultCallout, Interrupt
         calloutPort.machine = machine
         vmm.guestMemory = machine.memory
         vmm.guestCallout = calloutPort
+        vmm.systemRegisterPort = calloutPort
         machine.faultHandling = self
         machine.interruptController = self
         machine.reportContributor = { [weak self] report in
@@ -247,7 +248,7 @@ public struct VMMSummary: Sendable, Codable, Equatable {
 
 /// Runs guest fault handlers for the VMM (`VirtualMachineManager.guestCallout`) on the machine
 /// `VMMFaultHandling.attach(to:)` connected.
-final class GuestCalloutPort: GuestFaultCallout {
+final class GuestCalloutPort: GuestFaultCallout, SystemRegisterPort {
     let vmm: VirtualMachineManager
     weak var machine: Machine?
 
@@ -299,5 +300,17 @@ final class GuestCalloutPort: GuestFaultCallout {
     /// Ends the run as a handler error (during boot or shutdown), or notes the failure.
     func guestProcedureFailed(_ message: String) {
         machine?.noteGuestCallFailure(message)
+    }
+
+    func readSystemRegisters() throws(HarnessError) -> SystemRegisters {
+        guard let machine else { throw .guestProtocol("no machine to read system registers from") }
+        return SystemRegisters(try machine.backend.readState())
+    }
+
+    /// Writes them into the vCPU; the fault being dispatched resumes with them.
+    func writeSystemRegisters(_ registers: SystemRegisters) throws(HarnessError) {
+        guard let machine else { throw .guestProtocol("no machine to write system registers to") }
+        try machine.backend.writeState(registers.applied(to: try machine.backend.readState()))
+        machine.noteSystemStateChanged()
     }
 }

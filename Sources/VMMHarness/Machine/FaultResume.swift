@@ -33,7 +33,7 @@ extension Machine {
         // Faults beyond the listed ones get no record and no trace: the fast path allocates nothing.
         let wanted = report.faults.count < options.maxRecordedFaults
         details.wanted = wanted
-        let callsBefore = guestCallsCompleted
+        let callsBefore = systemStateGeneration
         let resolution: FaultResolution
         if let faultHandling {
             resolution = faultHandling.handleFault(event, frame: &frame, details: &details)
@@ -82,7 +82,7 @@ extension Machine {
         // The system state to resume in: the stub's, unless guest handlers ran, which may have
         // changed it (CR0.TS, CR3, the tables); then the vCPU's now.
         let base: CPUState
-        if guestCallsCompleted == callsBefore {
+        if systemStateGeneration == callsBefore {
             base = event.stubState
         } else {
             do { base = try backend.readState() } catch {

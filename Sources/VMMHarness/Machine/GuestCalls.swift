@@ -90,7 +90,7 @@ extension Machine {
         } catch {
             restoreError = error
         }
-        guestCallsCompleted &+= 1
+        systemStateGeneration &+= 1
         if let restoreError { throw restoreError }
         guard let result else { throw .guestProtocol("\(purpose): the run ended") }
         return result

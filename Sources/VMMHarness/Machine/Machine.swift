@@ -315,9 +315,14 @@ public final class Machine {
         }
     }
 
-    /// Guest procedures that ended normally so far (a fault's resume reads the state again when
-    /// its handlers ran guest code, which may have changed the system state).
-    @exclusivity(unchecked) var guestCallsCompleted: UInt64 = 0
+    /// Counts what may have changed the vCPU's system state during a fault's dispatch: guest
+    /// procedures that ended normally and host writes (`noteSystemStateChanged`). A fault resumes
+    /// from the vCPU's state read anew when it moved, from the stub's state otherwise.
+    @exclusivity(unchecked) var systemStateGeneration: UInt64 = 0
+
+    /// Tells the machine that host code changed the vCPU's system registers while a fault is
+    /// dispatched (the resume keeps them).
+    public func noteSystemStateChanged() { systemStateGeneration &+= 1 }
 
     /// Set while the exit of a re-run #UD instruction is handled (see `handleFault`).
     @exclusivity(unchecked) var reexaminingUndefinedOpcode = false

@@ -88,6 +88,9 @@ public final class VirtualMachineManager {
     // Dispatch state (HandlerInvoker.swift).
 
     /// The vector being dispatched (fault, 02h for an NMI, 50h + n for IRQ n), nil outside dispatch.
+    /// Reads and writes the vCPU's system registers (set by whoever attaches the VMM to a
+    /// machine). Held weakly, as `guestCallout` is.
+    public weak var systemRegisterPort: (any SystemRegisterPort)?
     @exclusivity(unchecked) var activeVector: UInt8?
     /// The vectors being dispatched now, outermost first (more than one: a fault inside a handler).
     @exclusivity(unchecked) var faultNesting: [UInt8] = []
