@@ -36,6 +36,9 @@ struct RunOptions: ParsableArguments {
     /// Puts these options (and the environment's) into `config`.
     func apply(to config: inout RunConfiguration) {
         let environment = ProcessInfo.processInfo.environment
+        if let value = environment["VMM_HARNESS_BACKEND"], BackendChoice.from(environment: environment) == nil {
+            fail("VMM_HARNESS_BACKEND=\(value) is not one of \(BackendChoice.allCases.map(\.rawValue).joined(separator: ", "))", code: 64)
+        }
         if backend == .auto, let chosen = BackendChoice.from(environment: environment) {
             config.backend = chosen
             config.backendChoiceSource = "VMM_HARNESS_BACKEND=\(chosen.rawValue)"

@@ -101,6 +101,12 @@ struct CLITests {
         if let late, let vmm, let crit { #expect(late < vmm && vmm < crit) }
     }
 
+    @Test func aBackendVariableThatNamesNoBackendIsAUsageError() throws {
+        let r = try run(["run", "\(TestSupport.root)/guest/scenarios/ud.S"], env: ["VMM_HARNESS_BACKEND": "bogus"])
+        #expect(r.status == 64)
+        #expect(r.err.contains("VMM_HARNESS_BACKEND=bogus"))
+    }
+
     @Test func environmentVariableForcesTheInterpreter() throws {
         guard TestSupport.toolchain != nil else { try Test.cancel("needs the toolchain's clang") }
         let r = try run(["run", "--json", "\(TestSupport.root)/guest/scenarios/ud.S"], env: ["VMM_HARNESS_BACKEND": "interpreter"])
