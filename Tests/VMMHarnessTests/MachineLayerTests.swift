@@ -372,3 +372,22 @@ struct StringIOTests {
         #expect(try Self.run(on: .kvm) == Self.run(on: .interpreter))
     }
 }
+
+/// harness.inc's runtime-call macros assemble to the same bytes in AT&T and Intel syntax.
+@Suite(.enabled(if: TestSupport.toolchain != nil, "needs the Swift toolchain's clang and ld.lld to assemble guests"))
+struct HarnessMacroSyntaxTests {
+    @Test func runtimeCallMacrosAreSyntaxIndependent() throws {
+        let body = """
+                ENTER_RING3 user, RING3_STACK_TOP, 0x202
+                RAISE_NMI
+                RAISE_IRQ 3
+                ENTER_V86 0x800, 0, 0x700, 0xFFE
+            user:
+                hlt
+            """
+        let att = try GuestAssembler.assemble(source: "#include \"harness.inc\"\n    .globl _start\n_start:\n" + body)
+        let intel = try GuestAssembler.assemble(source: "#include \"harness.inc\"\n    .intel_syntax noprefix\n    .globl _start\n_start:\n" + body)
+        #expect(att.bytes == intel.bytes)
+        #expect(att.bytes.count == 22 + 7 + 12 + 27 + 1)
+    }
+}

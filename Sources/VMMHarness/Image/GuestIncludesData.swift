@@ -31,14 +31,18 @@ extension GuestIncludes {
 #define RT_RAISE_NMI    4      /* an NMI arrives after the OUT */
 #define RT_RAISE_IRQ    5      /* ECX = IRQ 0-15, delivered on vector 50h+IRQ when IF is set */
 
+/* The macros below except CHECKPOINT are written as instruction bytes (32-bit code), so they
+ * work in AT&T and in `.intel_syntax noprefix` sources alike. CHECKPOINT's value operand is an
+ * AT&T operand (`%eax`, `$5`); switch to `.att_syntax` around it in an Intel-syntax file. */
+
 /* ENTER_RING3 target, stack, eflags: continue at `target` in ring 3 (flat selectors 1Bh/23h).
  * The host does the switch, so it works where IRET cannot run (PVM KVM). Clobbers EAX, ECX, EDX, ESI. */
 .macro ENTER_RING3 target, stack=RING3_STACK_TOP, eflags=0x202
-    movl $RT_ENTER_RING3, %eax
-    movl $\target, %ecx
-    movl $\stack, %edx
-    movl $\eflags, %esi
-    outb %al, $PORT_CONTROL
+    .byte 0xB8; .long RT_ENTER_RING3      /* mov eax, imm32 */
+    .byte 0xB9; .long \target             /* mov ecx, imm32 */
+    .byte 0xBA; .long \stack              /* mov edx, imm32 */
+    .byte 0xBE; .long \eflags             /* mov esi, imm32 */
+    .byte 0xE6, PORT_CONTROL              /* out imm8, al */
 .endm
 
 /* CHECKPOINT tag, reg: record a value in the report. Clobbers EAX, ECX, EBX. */
@@ -51,25 +55,25 @@ extension GuestIncludes {
 
 /* ENTER_V86 cs, ip, ss, sp, eflags: continue in virtual-8086 mode. Clobbers EAX, ECX, EDX, ESI, EDI. */
 .macro ENTER_V86 cs, ip, ss, sp, eflags=0x3002
-    movl $RT_ENTER_V86, %eax
-    movl $\ip, %ecx
-    movl $\sp, %edx
-    movl $\eflags, %esi
-    movl $((\ss << 16) | \cs), %edi
-    outb %al, $PORT_CONTROL
+    .byte 0xB8; .long RT_ENTER_V86
+    .byte 0xB9; .long \ip
+    .byte 0xBA; .long \sp
+    .byte 0xBE; .long \eflags
+    .byte 0xBF; .long ((\ss << 16) | \cs)  /* mov edi, imm32 */
+    .byte 0xE6, PORT_CONTROL
 .endm
 
 /* RAISE_NMI: an NMI is delivered right after this (vector 02h). Clobbers EAX. */
 .macro RAISE_NMI
-    movl $RT_RAISE_NMI, %eax
-    outb %al, $PORT_CONTROL
+    .byte 0xB8; .long RT_RAISE_NMI
+    .byte 0xE6, PORT_CONTROL
 .endm
 
 /* RAISE_IRQ n: IRQ n at the virtual PIC. Clobbers EAX, ECX. */
 .macro RAISE_IRQ irq
-    movl $RT_RAISE_IRQ, %eax
-    movl $\irq, %ecx
-    outb %al, $PORT_CONTROL
+    .byte 0xB8; .long RT_RAISE_IRQ
+    .byte 0xB9; .long \irq
+    .byte 0xE6, PORT_CONTROL
 .endm
 
 #endif
